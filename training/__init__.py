@@ -1,0 +1,1 @@
+"""Training: data builders, reward models, query-style SFT, the CMAQ loop, baselines, evaluation."""
