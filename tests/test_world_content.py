@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cmaq.world import lexicon as lx
-from cmaq.world.content import make_item, shop_core
+from cmaq.text import shop_core
+from cmaq.world.content import make_item
 from cmaq.world.grammar import KINDS, grammar_queries
 
 from conftest import SHARED_DATA

@@ -8,9 +8,9 @@ are kept on :class:`Item` for the query grammar and never written to the content
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
+from cmaq.text import shop_core
 from cmaq.world import lexicon as lx
 
 # Half-open day range the notes' updated_at falls in: the year before the log history ends.
@@ -51,15 +51,6 @@ def item_seed(world_seed: int, index: int) -> int:
 
 def content_id(index: int) -> str:
     return f"c{index:09d}"
-
-
-_PAREN = re.compile(r"[（(][^（）()]*[)）]")
-
-
-def shop_core(name: str) -> str:
-    """The shop's name without its branch: 海底捞火锅(白纸坊店) -> 海底捞火锅."""
-    core = _PAREN.sub("", name).strip()
-    return core or name
 
 
 # ----------------------------------------------------------------- English notes

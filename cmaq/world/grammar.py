@@ -11,7 +11,8 @@ from __future__ import annotations
 import random
 
 from cmaq.world import lexicon as lx
-from cmaq.world.content import Item, pick, shop_core
+from cmaq.text import shop_core
+from cmaq.world.content import Item, pick
 
 KINDS = ("shop_copy", "title_copy", "near_copy", "entity", "expansion", "expansion_far",
          "action", "explore", "commercial", "generic", "off_topic")

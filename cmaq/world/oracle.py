@@ -37,9 +37,8 @@ import pyarrow.compute as pc
 import ahocorasick
 from rapidfuzz import fuzz, process
 
-from cmaq.text import normalize, normalize_array
+from cmaq.text import normalize, normalize_array, shop_core
 from cmaq.world import lexicon as lx
-from cmaq.world.content import shop_core
 
 ITEM_COLUMNS = ("content_id", "lang", "category", "shop_name", "district", "shop_info", "title", "body")
 

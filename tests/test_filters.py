@@ -1,0 +1,206 @@
+"""Filters: every reason in both languages, adversarial input, obfuscation, pickling, determinism."""
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from cmaq.config import FiltersConfig, HarmConfig, load_config
+from filters import REASONS, FilterChain, merge_counts
+from filters.harm import HarmFilter
+
+from conftest import SHARED_DATA
+
+CFG = FiltersConfig()
+ALL = FilterChain(["lexical", "harm", "commercial", "similarity", "relevance"], CFG)
+
+EN_ITEM = {"content_id": "e1", "lang": "en", "shop_name": "Jade Hotpot (Riverside)", "title": "Jade Hotpot: the beef tripe is worth it",
+           "body": "Finally tried Jade Hotpot in Riverside! The beef tripe really stood out, and the lamb slices were good too.",
+           "shop_info": "Jade Hotpot (Riverside) · Riverside · hours 10:00-22:00"}
+ZH_ITEM = {"content_id": "z1", "lang": "zh", "shop_name": "海底捞火锅(白纸坊店)", "title": "海底捞火锅｜毛肚太绝了",
+           "body": "终于来了海底捞火锅！毛肚真的很惊艳，虾滑也不错。人均120元左右。", "shop_info": "海底捞火锅(白纸坊店) · 白纸坊 · 营业时间 10:00-22:00"}
+
+
+def run(item, queries, chain=ALL):
+    # object-dtype pandas, not Arrow, so that rows can carry what Arrow refuses (lone surrogates)
+    rows = pd.DataFrame({**{k: [v] * len(queries) for k, v in item.items()}, "query": queries}, dtype=object)
+    out = chain.run(rows)
+    out.table = pa.Table.from_pandas(out.table, preserve_index=False)
+    return out
+
+
+# (item, query, expected reason); None = kept
+CASES = [
+    (EN_ITEM, "beef tripe dipping sauce", None),
+    (ZH_ITEM, "毛肚蘸料怎么调", None),
+    (EN_ITEM, "", "empty"),
+    (ZH_ITEM, "   ", "empty"),
+    (EN_ITEM, "a", "too_short"),
+    (EN_ITEM, " ".join(["hotpot"] + [f"word{i}" for i in range(15)]), "too_long"),
+    (ZH_ITEM, "毛肚" * 4 + "火锅蘸料怎么调才好吃呢", "too_long"),
+    (EN_ITEM, "!!! ???", "no_letters"),
+    (ZH_ITEM, "😋🔥✨", "no_letters"),
+    (EN_ITEM, "hotpot\u202eevil", "control_chars"),
+    (ZH_ITEM, "火锅\x07蘸料", "control_chars"),
+    (EN_ITEM, "hotpot www.jadehotpot.com", "url"),
+    (ZH_ITEM, "毛肚 https://t.cn/abc", "url"),
+    (EN_ITEM, "book via jade@hotpot.io", "email"),
+    (EN_ITEM, "jade hotpot call 415-555-0134", "phone"),
+    (ZH_ITEM, "海底捞电话13812345678", "phone"),
+    (EN_ITEM, "<b>beef tripe</b>", "markup"),
+    (ZH_ITEM, "毛肚&nbsp;蘸料", "markup"),
+    (EN_ITEM, "parking parking parking", "repeated_tokens"),
+    (ZH_ITEM, "停车停车停车", "repeated_tokens"),
+    (EN_ITEM, "as a user I would search beef tripe", "instruction_echo"),
+    (ZH_ITEM, "作为用户我想搜毛肚", "instruction_echo"),
+    (EN_ITEM, "jade hotpot coupon", "commercial"),
+    (ZH_ITEM, "海底捞团购", "commercial"),
+    (EN_ITEM, "beef tripe fuck", "harm"),
+    (ZH_ITEM, "毛肚傻逼", "harm"),
+    (EN_ITEM, "Jade Hotpot", "shop_name_similar"),
+    (ZH_ITEM, "海底捞火锅", "shop_name_similar"),
+    (EN_ITEM, "the beef tripe is worth it", "title_copy"),
+    (ZH_ITEM, "海底捞火锅|毛肚太绝了", "title_copy"),
+    (EN_ITEM, "car insurance quote", "low_relevance"),
+    (ZH_ITEM, "二手房价格", "low_relevance"),
+]
+
+
+@pytest.mark.parametrize("item, query, expected", CASES, ids=[f"{c[0]['lang']}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+def test_reason_table(item, query, expected):
+    out = run(item, [query]).table
+    assert out["reason"][0].as_py() == expected, out.to_pylist()
+    assert out["keep"][0].as_py() is (expected is None)
+
+
+def test_every_reason_is_exercised_in_both_languages():
+    covered = {(item["lang"], reason) for item, _, reason in CASES}
+    lang_neutral = {"too_short", "email", "title_copy", "too_long"}
+    for reason in REASONS:
+        if reason == "duplicate":
+            continue  # exercised below: it needs two rows
+        assert ("en", reason) in covered or ("zh", reason) in covered, reason
+        if reason not in lang_neutral - {"too_long", "title_copy"}:
+            assert ("en", reason) in covered and ("zh", reason) in covered, reason
+
+
+def test_duplicates_within_an_item_after_normalisation_in_both_languages():
+    out = run(EN_ITEM, ["Beef tripe dipping sauce", "beef  tripe, dipping sauce!", "“beef tripe dipping sauce”"]).table
+    assert out["reason"].to_pylist() == [None, "duplicate", "duplicate"]
+    zh = run(ZH_ITEM, ["毛肚蘸料", "毛肚，蘸料"]).table
+    assert zh["reason"].to_pylist() == [None, "duplicate"]
+    # the same query for another item is no duplicate
+    both = pa.concat_tables([run(EN_ITEM, ["beef tripe dipping sauce"]).table,
+                             run({**EN_ITEM, "content_id": "e2"}, ["beef tripe dipping sauce"]).table])
+    assert both["keep"].to_pylist() == [True, True]
+
+
+def test_cleaning_strips_what_models_add():
+    out = run(EN_ITEM, ['Answer: "beef tripe dipping sauce".', "Ｂｅｅｆ　ｔｒｉｐｅ  broth", "beef\u200b tripe\u200d sauces"]).table
+    assert out["query_clean"].to_pylist() == ["beef tripe dipping sauce", "Beef tripe broth", "beef tripe sauces"]
+    zh = run(ZH_ITEM, ["答案：「毛肚蘸料」。"]).table
+    assert zh["query_clean"][0].as_py() == "毛肚蘸料" and zh["keep"][0].as_py()
+
+
+ADVERSARIAL = [None, "", "x" * 1_000_000, "\ud800 lone surrogate", "beef\u200d\u200dtripe", "\u200f\u200ftripe",
+               "😋" * 30, "\x00\x01", "‮reversed", "a" * 10_000 + " b"]
+
+
+def test_adversarial_inputs_give_a_verdict_for_every_row():
+    out = run(EN_ITEM, ADVERSARIAL).table
+    assert out.num_rows == len(ADVERSARIAL)
+    reasons = out["reason"].to_pylist()
+    assert reasons[0] == "empty" and reasons[1] == "empty" and reasons[2] == "too_long"
+    assert reasons[5] == "control_chars" and reasons[6] == "no_letters" and reasons[7] == "control_chars"
+    assert all(r is not None for r in reasons[:4])  # the surrogate row: too short for a query but judged
+    assert set(reasons) - {None} <= set(REASONS)
+
+
+def test_adversarial_content_fields():
+    item = {**EN_ITEM, "title": None, "body": "\ud800" + "x" * 1_000_000, "shop_name": None}
+    out = run(item, ["beef tripe dipping sauce", "car insurance"]).table
+    assert out.num_rows == 2 and out["reason"][1].as_py() == "low_relevance"
+
+
+OBFUSCATED = ["f u c k", "f.u.c.k", "FUCK", "ｆｕｃｋ", "fu\u200bck", "sh1t", "$h!t", "a$$hole", "傻 逼", "傻.逼", "傻\u200b逼",
+              "操你", "妈Ｂ"]
+INNOCENT = ["Scunthorpe hotels", "classic glass", "assessment", "cockpit bar", "Essex", "奶茶", "乳鸽", "性价比", "牛奶", "鸡蛋",
+            "老母鸡汤", "扇贝肉炒韭菜", "shiitake", "hello kitty cafe", "title", "bass fishing"]
+
+
+def test_obfuscated_blocklist_terms_are_caught():
+    f = HarmFilter(HarmConfig())
+    missed = [t for t in OBFUSCATED if not f.matcher.find(t)]
+    assert not missed
+
+
+def test_innocent_words_pass_including_scunthorpe_and_single_characters():
+    f = HarmFilter(HarmConfig())
+    flagged = [(t, f.matcher.find(t)) for t in INNOCENT if f.matcher.find(t)]
+    assert not flagged
+    assert f.matcher.find("奶") and f.matcher.find("奶 好大")  # a single listed character standing alone
+
+
+def test_user_lists_and_allowlist(tmp_path):
+    terms = tmp_path / "extra.txt"
+    terms.write_text("# our own list\nbadword\n黑名单词\n")
+    f = HarmFilter(HarmConfig(extra_terms=["worseword"], extra_terms_files=[str(terms)], allow_terms=["好黑名单词汤"]))
+    assert f.matcher.find("a badword here") and f.matcher.find("worseword") and f.matcher.find("这个黑名单词")
+    assert f.matcher.find("好黑名单词汤") is None
+    with pytest.raises(Exception, match="file not found"):
+        load_config(None, ["filters.harm.extra_terms_files=['/no/such/list.txt']"])
+
+
+def test_false_positive_rate_on_real_restaurant_names_and_dishes():
+    src = SHARED_DATA / "crosswoz" / "restaurant_db.json"
+    if src.exists():
+        rows = json.loads(src.read_text("utf-8"))
+        texts = [name for name, _ in rows] + [d for _, rec in rows for d in rec["推荐菜"]]
+    else:  # the packaged reduction holds the same names and dishes
+        from cmaq.world import lexicon as lx
+        places = [p for ps in lx.beijing().restaurants.values() for p in ps]
+        texts = [p.name for p in places] + [d for p in places for d in p.entities]
+    f = HarmFilter(HarmConfig())
+    flagged = [t for t in texts if f.matcher.find(t)]
+    rate = len(flagged) / len(texts)
+    assert len(texts) > 5000
+    assert rate <= 0.005, (rate, flagged[:20])
+
+
+def test_filters_pickle_and_results_are_deterministic():
+    queries = [q for _, q, _ in CASES if isinstance(q, str)]
+    first = run(EN_ITEM, queries).table
+    clone = pickle.loads(pickle.dumps(ALL))
+    second = run(EN_ITEM, queries, clone).table
+    assert first.to_pandas().equals(second.to_pandas())
+    for flt in ALL.filters:
+        assert type(pickle.loads(pickle.dumps(flt))) is type(flt)
+
+
+def test_pandas_in_pandas_out_and_counts():
+    df = pd.DataFrame([{**EN_ITEM, "query": q} for q in ["beef tripe dipping sauce", "jade hotpot coupon", "", "Jade Hotpot"]])
+    out = ALL.run(df)
+    assert isinstance(out.table, pd.DataFrame) and len(out.table) == 4
+    assert out.counts == {"input": 4, "kept": 1, "commercial": 1, "empty": 1, "shop_name_similar": 1}
+    assert merge_counts(out.counts, out.counts)["kept"] == 2
+    assert list(out.table.columns[-5:]) == ["score_lexical", "score_harm", "score_commercial", "score_similarity",
+                                            "score_relevance"]
+    # a filter that did not look at a row leaves NaN
+    assert np.isnan(out.table.loc[2, "score_relevance"]) and not np.isnan(out.table.loc[0, "score_relevance"])
+
+
+def test_missing_columns_and_bad_chain():
+    with pytest.raises(ValueError, match="lacks columns"):
+        ALL.run(pa.table({"query": ["x"], "content_id": ["c"]}))
+    with pytest.raises(ValueError, match="unknown filter"):
+        FilterChain(["lexical", "nope"])
+    with pytest.raises(Exception, match="unknown filter"):
+        load_config(None, ["filters.serving=['lexical','nope']"])
+
+
+def test_default_chains_follow_the_method():
+    cfg = FiltersConfig()
+    assert FilterChain.serving(cfg).names == ["lexical", "harm", "commercial", "relevance"]
+    assert "similarity" in FilterChain.training(cfg).names
