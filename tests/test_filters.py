@@ -204,3 +204,28 @@ def test_default_chains_follow_the_method():
     cfg = FiltersConfig()
     assert FilterChain.serving(cfg).names == ["lexical", "harm", "commercial", "relevance"]
     assert "similarity" in FilterChain.training(cfg).names
+
+
+def test_vectorised_prefilter_never_hides_a_match():
+    from cmaq.world import lexicon as lx
+    f = HarmFilter(HarmConfig())
+    corpus = OBFUSCATED + INNOCENT + [q for _, q, _ in CASES] + list(lx.OFF_TOPIC["en"]) + ["奶", "a 奶 b", "🖕 you"]
+    assert f.matcher.find_many(corpus) == [f.matcher.find(t) for t in corpus]
+    assert sum(1 for t in corpus if f.matcher.find(t)) >= len(OBFUSCATED)
+
+
+def test_embedding_relevance_scorer_runs_offline_from_the_packaged_model():
+    from filters.relevance import EmbeddingScorer
+
+    cfg = load_config(None, ["filters.relevance.scorer=embedding", "filters.relevance.min_score=0.2"]).filters
+    chain = FilterChain(["relevance"], cfg)
+    out = run(EN_ITEM, ["beef tripe dipping sauce", "lamb slices", "car insurance quote", "stock prices today"],
+              chain).table
+    scores = out["score_relevance"].to_pylist()
+    assert min(scores[:2]) > max(scores[2:]) + 0.2
+    assert out["reason"].to_pylist()[2:] == ["low_relevance", "low_relevance"]
+    # one model per process: a second chain reuses it
+    FilterChain(["relevance"], cfg).run(pa.table({**{k: [v] for k, v in EN_ITEM.items()}, "query": ["x y"]}))
+    assert len(EmbeddingScorer._models) == 1
+    with pytest.raises(Exception, match="embedding|scorer"):
+        load_config(None, ["filters.relevance.scorer=bert"])
