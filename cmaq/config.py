@@ -224,11 +224,65 @@ class FiltersConfig:
 
 
 @dataclass
+class EngineConfig:
+    """Generation engines (cmaq.engines). Each setting says why it has its default."""
+
+    backend: str = _help("'vllm' (production and CI: vLLM, GPU or its CPU build) or 'hf' (transformers).",
+                         default="vllm")
+    model_dir: str = _help("Base model directory (HF format). Empty: the project's tiny test model, built "
+                           "on first use.", default="")
+    dtype: str = _help("Weights dtype. float32 on CPU: bf16 matmuls are slow there and change beams; use "
+                       "bfloat16 on GPUs.", default="float32")
+    max_model_len: int = _help("Context limit per request; prompts are cut to fit it with max_new_tokens.",
+                               default=1024)
+    max_new_tokens: int = _help("Tokens a query may take: 15 words, or 15 CJK characters, with room to end.",
+                                default=32)
+    beam_width: int = _help("Beams kept and queries returned by beam search (the job serves 5).", default=5)
+    length_penalty: float = _help(
+        "Beam score = sum logprob / length^penalty. vLLM counts prompt + output tokens, transformers only "
+        "output tokens, so only 0 (pure summed log-probability) means the same in both.", default=1.0)
+    gpu_memory_utilization: float = _help(
+        "vLLM memory share. On the CPU build it is the share of the NUMA node's RAM for the KV cache; "
+        "0.1-0.2 works on an 8.7 GiB node, 0.05 and the GPU default 0.9 fail.", default=0.15)
+    enforce_eager: bool = _help("Skip CUDA graphs / compilation: tiny models gain nothing and start faster.",
+                                default=True)
+    max_lora_rank: int = _help(
+        "Largest LoRA rank served. vLLM pads every adapter to it and its CPU LoRA kernels cost grows with it "
+        "(beam search with an adapter: 8.4 s at 8, 30 s at 32 for 10 items here), so CPU runs use 8; set 32 "
+        "for the paper's r=32 adapters on GPUs.", default=8)
+    max_loras: int = _help("Adapters vLLM keeps loaded at once (evaluation compares many).", default=4)
+    tensor_parallel_size: int = _help("GPUs per engine; 1 on CPU.", default=1)
+    chunked_prefill: bool = _help(
+        "Let vLLM split a long prompt's prefill across steps. Off: vLLM's CPU build cannot rewind a seeded "
+        "request's random generator after a split ('CPU Generator does not use offset'), and the training "
+        "loop's sampling is seeded. Turn on for GPU throughput.", default=False)
+    hf_batch_size: int = _help("Prompts per transformers generate call (memory vs speed).", default=16)
+    seed: int = _help("Engine seed (sampling seeds are derived per request from the call's seed).", default=0)
+
+    def __post_init__(self) -> None:
+        _require(self.backend in ("vllm", "hf"), "engine.backend", f"must be 'vllm' or 'hf', got {self.backend!r}")
+        _require(self.dtype in ("float32", "bfloat16", "float16", "auto"), "engine.dtype",
+                 f"must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
+        _require(self.max_new_tokens >= 1, "engine.max_new_tokens", "must be >= 1")
+        _require(self.max_model_len > self.max_new_tokens + 16, "engine.max_model_len",
+                 f"must exceed max_new_tokens + 16 ({self.max_new_tokens + 16}), got {self.max_model_len}")
+        _require(1 <= self.beam_width <= 32, "engine.beam_width", f"must be in [1, 32], got {self.beam_width}")
+        _require(0.0 < self.gpu_memory_utilization <= 1.0, "engine.gpu_memory_utilization",
+                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        _require(self.max_lora_rank in (8, 16, 32, 64, 128, 256, 320, 512), "engine.max_lora_rank",
+                 f"must be one of 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's sizes), got {self.max_lora_rank}")
+        for key in ("max_loras", "tensor_parallel_size", "hf_batch_size"):
+            _require(getattr(self, key) >= 1, f"engine.{key}", "must be >= 1")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
     world: WorldConfig = _help("Synthetic world generator.", default_factory=WorldConfig)
     filters: FiltersConfig = _help("Query filters for serving and training data.", default_factory=FiltersConfig)
+    engine: EngineConfig = _help("Generation engine (beam search for serving, sampling for training).",
+                                 default_factory=EngineConfig)
 
 
 # --------------------------------------------------------------------------- loading

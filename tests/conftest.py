@@ -29,3 +29,49 @@ def small_world(tmp_path_factory, small_world_config) -> Path:
     out = tmp_path_factory.mktemp("world") / "w"
     generate_world(small_world_config, out)
     return out
+
+
+# --------------------------------------------------------------------------- engines
+# One tiny model, one test adapter and one engine of each kind per test run.
+
+ENGINE_OVERRIDES = ["engine.length_penalty=0"]  # pure summed log-probability: same meaning in both engines
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    from cmaq.engines.tiny import build_tiny_model
+
+    return str(build_tiny_model())
+
+
+@pytest.fixture(scope="session")
+def test_adapter(tiny_model) -> str:
+    from cmaq.engines.tiny import build_test_adapter
+
+    return str(build_test_adapter())
+
+
+@pytest.fixture(scope="session")
+def engine_config(tiny_model):
+    from cmaq.config import load_config
+
+    return load_config(None, [*ENGINE_OVERRIDES, f"engine.model_dir={tiny_model}"]).engine
+
+
+@pytest.fixture(scope="session")
+def hf_engine(engine_config):
+    import dataclasses
+
+    from cmaq.engines import get_engine
+
+    return get_engine(dataclasses.replace(engine_config, backend="hf"))
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(engine_config):
+    from cmaq.engines import get_engine
+
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    engine = get_engine(engine_config)
+    yield engine
+    engine.close()
