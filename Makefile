@@ -13,6 +13,7 @@ export VLLM_WORKER_MULTIPROC_METHOD := spawn
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export VLLM_LOGGING_LEVEL ?= WARNING
 
 .PHONY: install demo test bench clean help
 
@@ -42,6 +43,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/world.py
+	$(BIN)/python bench/filters.py
+	$(BIN)/python bench/engines.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache
