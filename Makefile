@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/world.py
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/engines.py
+	$(BIN)/python bench/data.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache

@@ -138,5 +138,41 @@ def format_summary(out: str, manifest: dict) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- data
+
+
+@main.group()
+def data() -> None:
+    """Training-data builders on Spark (local mode here, unchanged on a cluster)."""
+
+
+def _data_command(kind: str, help_text: str):
+    @data.command(kind, help=help_text)
+    @click.option("--world", type=click.Path(exists=True, file_okay=False), default=None,
+                  help="World directory with content/, logs/, annotations/.")
+    @click.option("--content", default=None, help="Content Parquet path or table (overrides --world).")
+    @click.option("--logs", default=None, help="Logs Parquet path or table (overrides --world).")
+    @click.option("--annotations", default=None, help="Annotations Parquet path or table (overrides --world).")
+    @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory.")
+    @click.option("--seed", type=int, default=None, help="data.seed")
+    @click.pass_context
+    def command(ctx, world, content, logs, annotations, out, seed):
+        if not world and not content:
+            raise BadInput("give --world or --content")
+        cfg = _config(ctx, [f"data.seed={seed}"] if seed is not None else [])
+        from cmaq.spark import get_spark
+        from training.data.builders import run
+
+        summary = run(kind, cfg, world, out, get_spark(f"cmaq-data-{kind}"), content, logs, annotations)
+        click.echo(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2, default=str))
+
+    return command
+
+
+_data_command("sft", "Build D_SFT (query-style SFT set) and the held-out test contents.")
+_data_command("ctr-pairs", "Mine significant CTR pairs (two-proportion z-test) for the CTR reward model.")
+_data_command("expansion", "Expansion labels for the expansion reward model, split by content.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -276,6 +276,39 @@ class EngineConfig:
 
 
 @dataclass
+class DataConfig:
+    """Training-data builders on Spark (training.data): D_SFT, CTR pairs, expansion labels."""
+
+    seed: int = _help("Seed for tie-breaks and sampling; same seed, same output.", default=0)
+    window_months: int = _help("Months of logs aggregated, ending at the newest month present.", default=12)
+    min_impressions: int = _help("D_SFT: least impressions a (content, query) needs (minimum exposure).",
+                                 default=50)
+    ctr_percentile_cutoff: float = _help("D_SFT: drop entries whose CTR is below this percentile (0-1).",
+                                         default=0.3)
+    per_category_cap: int = _help("D_SFT: most rows kept per category after ranking.", default=10_000)
+    exposure_weight: float = _help(
+        "D_SFT ranking: score = ctr + exposure_weight * log10(impressions); CTR first, exposure as the "
+        "auxiliary signal.", default=0.01)
+    test_fraction: float = _help("Share of contents held out for evaluation (by normalised content text).",
+                                 default=0.2)
+    pair_min_impressions: int = _help("CTR pairs: each query needs more than this many impressions.",
+                                      default=100)
+    pair_alpha: float = _help("CTR pairs: keep pairs whose two-proportion z-test p-value is below this.",
+                              default=0.01)
+    max_pairs_per_content: int = _help("CTR pairs: most pairs per content (largest |z| first).", default=10)
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.window_months <= 120, "data.window_months", f"must be in [1, 120], got {self.window_months}")
+        _require(self.min_impressions >= 0, "data.min_impressions", "must be >= 0")
+        _require(0.0 <= self.ctr_percentile_cutoff < 1.0, "data.ctr_percentile_cutoff", "must be in [0, 1)")
+        _require(self.per_category_cap >= 1, "data.per_category_cap", "must be >= 1")
+        _require(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)")
+        _require(self.pair_min_impressions >= 0, "data.pair_min_impressions", "must be >= 0")
+        _require(0.0 < self.pair_alpha < 1.0, "data.pair_alpha", "must be in (0, 1)")
+        _require(self.max_pairs_per_content >= 1, "data.max_pairs_per_content", "must be >= 1")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
@@ -283,6 +316,7 @@ class CmaqConfig:
     filters: FiltersConfig = _help("Query filters for serving and training data.", default_factory=FiltersConfig)
     engine: EngineConfig = _help("Generation engine (beam search for serving, sampling for training).",
                                  default_factory=EngineConfig)
+    data: DataConfig = _help("Training-data builders.", default_factory=DataConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -45,3 +45,49 @@ GRAMMAR_TRUTH_SCHEMA = pa.schema([
     pa.field("true_ctr", pa.float64(), nullable=False),
     pa.field("true_exp", pa.float64(), nullable=False),
 ])
+
+# The content fields every training row carries, so trainers never join.
+_CONTENT_FOR_PROMPTS = [
+    pa.field("content_id", pa.string(), nullable=False),
+    pa.field("lang", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("title", pa.string()),
+    pa.field("body", pa.string()),
+    pa.field("shop_name", pa.string()),
+    pa.field("shop_info", pa.string()),
+]
+
+# D_SFT: logged queries that did well, one row per (content, query).
+SFT_SCHEMA = pa.schema(_CONTENT_FOR_PROMPTS + [
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("impressions", pa.int64(), nullable=False),
+    pa.field("clicks", pa.int64(), nullable=False),
+    pa.field("ctr", pa.float64(), nullable=False),
+])
+
+# CTR preference pairs: y_plus was clicked significantly more often than y_minus on the same content.
+CTR_PAIR_SCHEMA = pa.schema(_CONTENT_FOR_PROMPTS + [
+    pa.field("y_plus", pa.string(), nullable=False),
+    pa.field("y_minus", pa.string(), nullable=False),
+    pa.field("impressions_plus", pa.int64(), nullable=False),
+    pa.field("clicks_plus", pa.int64(), nullable=False),
+    pa.field("impressions_minus", pa.int64(), nullable=False),
+    pa.field("clicks_minus", pa.int64(), nullable=False),
+    pa.field("z", pa.float64(), nullable=False),
+    pa.field("p", pa.float64(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+])
+
+# Expansion labels for the expansion reward model.
+EXPANSION_SCHEMA = pa.schema(_CONTENT_FOR_PROMPTS + [
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("label", pa.int8(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+])
+
+# Rows a builder set aside, with the reason; never silently dropped.
+BAD_ROW_SCHEMA = pa.schema([
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("row", pa.string()),  # the offending row as JSON
+])

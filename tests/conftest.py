@@ -75,3 +75,16 @@ def vllm_engine(engine_config):
     engine = get_engine(engine_config)
     yield engine
     engine.close()
+
+
+# --------------------------------------------------------------------------- Spark
+# One local SparkSession for the whole run.
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from cmaq.spark import get_spark
+
+    session = get_spark("cmaq-tests", master="local[2]", shuffle_partitions=4)
+    yield session
+    session.stop()

@@ -60,3 +60,11 @@ def test_generate_and_summary(runner, tmp_path):
     assert again.exit_code == 2 and "not empty" in again.output
     summary = runner.invoke(main, ["world", "summary", str(out)])
     assert summary.exit_code == 0 and "50 notes" in summary.output
+
+
+def test_data_commands_have_help_and_need_input(runner):
+    for kind in ("sft", "ctr-pairs", "expansion"):
+        result = runner.invoke(main, ["data", kind, "--help"])
+        assert result.exit_code == 0 and "--out" in result.output
+    missing = runner.invoke(main, ["data", "sft", "--out", "x"])
+    assert missing.exit_code == 2 and "--world or --content" in missing.output

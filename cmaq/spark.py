@@ -1,0 +1,37 @@
+"""One place that builds a SparkSession: local mode by default, a cluster under spark-submit.
+
+Arrow is on (mapInArrow / toPandas), the Python workers use this interpreter (a venv's, not the
+system's), and shuffle partitions are sized for a laptop unless the caller says otherwise.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def get_spark(app_name: str = "cmaq", master: str | None = None, shuffle_partitions: int | None = None,
+              conf: dict | None = None):
+    from pyspark.sql import SparkSession
+
+    # Executors must run the same Python as the driver (the venv), not whatever `python3` is first on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    # Under spark-submit the JVM started this driver (and set the gateway port): its master stands.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if master or not submitted:
+        builder = builder.master(master or os.environ.get("CMAQ_SPARK_MASTER", "local[2]"))
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions or 8),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.python.worker.reuse": "true",
+        "spark.driver.memory": "4g",
+    }
+    settings.update(conf or {})
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
