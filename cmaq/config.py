@@ -227,8 +227,8 @@ class FiltersConfig:
 class EngineConfig:
     """Generation engines (cmaq.engines). Each setting says why it has its default."""
 
-    backend: str = _help("'vllm' (production and CI: vLLM, GPU or its CPU build) or 'hf' (transformers).",
-                         default="vllm")
+    backend: str = _help("'vllm' (production and CI: vLLM, GPU or its CPU build), 'hf' (transformers), or "
+                         "'package.module:Class' for an engine of your own (tests use doubles).", default="vllm")
     model_dir: str = _help("Base model directory (HF format). Empty: the project's tiny test model, built "
                            "on first use.", default="")
     dtype: str = _help("Weights dtype. float32 on CPU: bf16 matmuls are slow there and change beams; use "
@@ -260,7 +260,8 @@ class EngineConfig:
     seed: int = _help("Engine seed (sampling seeds are derived per request from the call's seed).", default=0)
 
     def __post_init__(self) -> None:
-        _require(self.backend in ("vllm", "hf"), "engine.backend", f"must be 'vllm' or 'hf', got {self.backend!r}")
+        _require(self.backend in ("vllm", "hf") or ":" in self.backend, "engine.backend",
+                 f"must be 'vllm', 'hf' or 'package.module:Class', got {self.backend!r}")
         _require(self.dtype in ("float32", "bfloat16", "float16", "auto"), "engine.dtype",
                  f"must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
         _require(self.max_new_tokens >= 1, "engine.max_new_tokens", "must be >= 1")
@@ -309,6 +310,32 @@ class DataConfig:
 
 
 @dataclass
+class PoolConfig:
+    """The recall-pool job (jobs/nightly.py, `cmaq pool build`)."""
+
+    root: str = _help("Pool root: versions/, staging/, runs/ and the `current` pointer live here.",
+                      default="pool")
+    adapter: str = _help("PEFT adapter directory served by the job; empty serves the bare base model.",
+                         default="")
+    chunk_items: int = _help("Items per generation chunk; each chunk is committed to staging on its own, "
+                             "so a rerun after a crash redoes at most one chunk.", default=500)
+    partitions_per_chunk: int = _help("Spark partitions per chunk (one engine per Python worker).", default=2)
+    max_quarantine_rate: float = _help("Gate: most items that may be quarantined (0-1).", default=0.05)
+    max_volume_change: float = _help(
+        "Gate: largest relative change of pool rows against the previous version (0-1); the first "
+        "version is exempt.", default=0.5)
+    keep_versions: int = _help("Published versions kept on disk (older ones are removed after publishing).",
+                               default=3)
+
+    def __post_init__(self) -> None:
+        _require(self.chunk_items >= 1, "pool.chunk_items", "must be >= 1")
+        _require(self.partitions_per_chunk >= 1, "pool.partitions_per_chunk", "must be >= 1")
+        _require(0.0 <= self.max_quarantine_rate <= 1.0, "pool.max_quarantine_rate", "must be in [0, 1]")
+        _require(self.max_volume_change >= 0.0, "pool.max_volume_change", "must be >= 0")
+        _require(self.keep_versions >= 1, "pool.keep_versions", "must be >= 1")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
@@ -317,6 +344,7 @@ class CmaqConfig:
     engine: EngineConfig = _help("Generation engine (beam search for serving, sampling for training).",
                                  default_factory=EngineConfig)
     data: DataConfig = _help("Training-data builders.", default_factory=DataConfig)
+    pool: PoolConfig = _help("Recall-pool job.", default_factory=PoolConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -91,3 +91,40 @@ BAD_ROW_SCHEMA = pa.schema([
     pa.field("reason", pa.string(), nullable=False),
     pa.field("row", pa.string()),  # the offending row as JSON
 ])
+
+# --------------------------------------------------------------------------- the recall pool
+
+_POOL_KEYS = [
+    pa.field("content_id", pa.string(), nullable=False),
+    pa.field("content_hash", pa.string(), nullable=False),
+    pa.field("category", pa.string()),
+]
+_POOL_PROVENANCE = [
+    pa.field("model_version", pa.string(), nullable=False),
+    pa.field("adapter_version", pa.string(), nullable=False),
+    pa.field("config_hash", pa.string(), nullable=False),
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("generated_at", pa.timestamp("ms", tz="UTC"), nullable=False),
+]
+SCORE_COLUMNS = ("score_lexical", "score_harm", "score_commercial", "score_similarity", "score_relevance")
+
+# A served query: up to 5 per content, rank 0 first.
+POOL_SCHEMA = pa.schema(_POOL_KEYS + [
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("logprob", pa.float64(), nullable=False),
+    *[pa.field(c, pa.float64()) for c in SCORE_COLUMNS],
+] + _POOL_PROVENANCE)
+
+# A generated candidate a filter removed, with the reason code.
+DROPPED_SCHEMA = pa.schema(_POOL_KEYS + [
+    pa.field("rank", pa.int32(), nullable=False),
+    pa.field("query", pa.string()),
+    pa.field("reason", pa.string(), nullable=False),
+] + _POOL_PROVENANCE)
+
+# An item that could not be processed at all (empty, over-long, engine error, ...).
+QUARANTINE_SCHEMA = pa.schema(_POOL_KEYS + [
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("detail", pa.string()),
+] + _POOL_PROVENANCE)

@@ -16,6 +16,8 @@ def get_spark(app_name: str = "cmaq", master: str | None = None, shuffle_partiti
     # Executors must run the same Python as the driver (the venv), not whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode: stay on loopback
     builder = SparkSession.builder.appName(app_name)
     # Under spark-submit the JVM started this driver (and set the gateway port): its master stands.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ

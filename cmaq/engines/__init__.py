@@ -28,6 +28,11 @@ def resolve_model_dir(cfg: EngineConfig) -> str:
 
 def make_engine(cfg: EngineConfig) -> Engine:
     """A new engine (prefer :func:`get_engine`: engines are expensive)."""
+    if ":" in cfg.backend:  # an engine class of the user's: "package.module:Class", built as Class(cfg)
+        import importlib
+
+        module, _, name = cfg.backend.partition(":")
+        return getattr(importlib.import_module(module), name)(cfg)
     model_dir = resolve_model_dir(cfg)
     if cfg.backend == "hf":
         from cmaq.engines.hf_engine import HFEngine
