@@ -174,5 +174,60 @@ _data_command("ctr-pairs", "Mine significant CTR pairs (two-proportion z-test) f
 _data_command("expansion", "Expansion labels for the expansion reward model, split by content.")
 
 
+# --------------------------------------------------------------------------- pool and sql
+
+
+@main.group()
+def pool() -> None:
+    """The recall pool: build a version with the Spark job."""
+
+
+@pool.command("build")
+@click.option("--content", required=True, help="Content Parquet path or table name.")
+@click.option("--root", default=None, help="Pool root directory (pool.root).")
+@click.option("--adapter", default=None, help="PEFT adapter directory to serve (pool.adapter).")
+@click.pass_context
+def pool_build(ctx: click.Context, content: str, root: str | None, adapter: str | None) -> None:
+    """Generate, filter, gate and publish a complete pool version. Exit 0 published, 1 error,
+    3 gates failed (nothing published)."""
+    extra = [f"pool.{k}={json.dumps(v)}" for k, v in (("root", root), ("adapter", adapter)) if v is not None]
+    cfg = _config(ctx, extra)
+    from cmaq.spark import get_spark
+    from jobs.pool import build_pool
+
+    report = build_pool(get_spark("cmaq-pool-build"), cfg, content)
+    click.echo(json.dumps({"run_id": report.run_id, "status": report.status, "counts": report.counts,
+                           "gates": report.gates, "error": report.error}, indent=2, default=str))
+    ctx.exit(report.exit_code)
+
+
+@main.group()
+def sql() -> None:
+    """Analyst SQL over the published pool (files in sql/)."""
+
+
+@sql.command("run")
+@click.argument("sql_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pool", "pool_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Pool root directory.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Write CSV here instead.")
+@click.option("--limit", type=int, default=100, help="Rows to print.")
+def sql_run(sql_file: str, pool_root: str, csv_out: str | None, limit: int) -> None:
+    """Run SQL_FILE with views pool, dropped, quarantine and pool_previous registered."""
+    from cmaq.spark import get_spark
+    from jobs.sql import run_sql
+
+    try:
+        df = run_sql(get_spark("cmaq-sql"), sql_file, pool_root)
+    except FileNotFoundError as exc:
+        raise BadInput(str(exc)) from None
+    pdf = df.toPandas()
+    if csv_out:
+        pdf.to_csv(csv_out, index=False)
+        click.echo(f"{len(pdf)} rows -> {csv_out}")
+    else:
+        click.echo(pdf.head(limit).to_string(index=False))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -108,11 +108,27 @@ def _generate_batches(batches: Iterator[pa.RecordBatch], cfg: CmaqConfig, adapte
     chain = _chain(cfg.filters, "serving")
     width = cfg.engine.beam_width
     for rb in batches:
-        items = rb.to_pylist()
+        items = _safe_rows(rb)
         if not items:
             continue
         results = engine.beam(items, width=width, adapter=adapter)
         yield _rows_of(items, results, chain, run_id, generated_at_ms, model_version, adapter_version, chash)
+
+
+def _safe_rows(rb: pa.RecordBatch) -> list[dict]:
+    """Rows as dicts. Text that is not valid UTF-8 (Parquet does not check) is decoded with
+    replacement characters instead of failing the batch."""
+    try:
+        return rb.to_pylist()
+    except UnicodeDecodeError:
+        cols = {}
+        for name, col in zip(rb.schema.names, rb.columns):
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                raw = col.view(pa.binary() if pa.types.is_string(col.type) else pa.large_binary()).to_pylist()
+                cols[name] = [None if v is None else v.decode("utf-8", "replace") for v in raw]
+            else:
+                cols[name] = col.to_pylist()
+        return [dict(zip(cols, values)) for values in zip(*cols.values())]
 
 
 def _rows_of(items, results, chain, run_id, generated_at_ms, model_version, adapter_version, chash) -> pa.RecordBatch:
@@ -299,14 +315,15 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
         report.status, report.exit_code = "gates_failed", EXIT_GATES
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    with timer("publish"):
-        tmp.rename(version_dir)
-        report.status, report.exit_code, report.published_version = "published", EXIT_OK, report.run_id
-        manifest = asdict(report)
-        _atomic_write(version_dir / "manifest.json", json.dumps(manifest, indent=2, default=str))
-        _atomic_write(root / "current", report.run_id + "\n")
-        shutil.rmtree(staging, ignore_errors=True)
-        _prune(root, cfg.pool.keep_versions)
+    t0 = time.perf_counter()
+    tmp.rename(version_dir)
+    report.status, report.exit_code, report.published_version = "published", EXIT_OK, report.run_id
+    report.timings["publish"] = round(time.perf_counter() - t0, 2)
+    # The manifest is the version's last file; the pointer moves only after it is in place.
+    _atomic_write(version_dir / "manifest.json", json.dumps(asdict(report), indent=2, default=str))
+    _atomic_write(root / "current", report.run_id + "\n")
+    shutil.rmtree(staging, ignore_errors=True)
+    _prune(root, cfg.pool.keep_versions)
 
 
 def STAGING_SCHEMA_SPARK():

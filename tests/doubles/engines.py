@@ -29,6 +29,10 @@ class PlantingEngine:
         return [Candidate(t, -1.0 - i, i) for i, t in enumerate(texts)]
 
     def beam(self, items, width=5, adapter=None):
+        import os
+        import time
+
+        time.sleep(float(os.environ.get("CMAQ_TEST_ENGINE_DELAY", "0")))  # lets a test kill a run midway
         out = []
         for it in items:
             if not (it.get("title") or it.get("body")):
