@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/filters.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/data.py
+	$(BIN)/python bench/pool.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache
