@@ -7,27 +7,16 @@
 """
 from __future__ import annotations
 
-import numpy as np
-
 from cmaq.config import CommercialConfig
 from filters import base as b
-from filters.terms import TermMatcher
+from filters.terms import TermFilter, TermMatcher
 
 
-class CommercialFilter:
+class CommercialFilter(TermFilter):
     name = "commercial"
+    reason = b.COMMERCIAL
+    text_field = "key"
 
     def __init__(self, cfg: CommercialConfig):
         self.cfg = cfg
         self.matcher = TermMatcher([*cfg.terms_en, *cfg.terms_zh, *cfg.extra_terms])
-
-    def apply(self, batch: b.FilterBatch, active: np.ndarray) -> b.Verdict:
-        reasons: list[str | None] = [None] * batch.n
-        score = np.full(batch.n, np.nan)
-        idx = np.flatnonzero(active)
-        hits = self.matcher.find_many([batch.key[i] for i in idx])
-        for i, hit in zip(idx, hits):
-            score[i] = 1.0 if hit else 0.0
-            if hit:
-                reasons[i] = b.COMMERCIAL
-        return b.reasons_to_verdict(reasons, score)

@@ -16,11 +16,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
 from cmaq.config import HarmConfig
 from filters import base as b
-from filters.terms import TermMatcher
+from filters.terms import TermFilter, TermMatcher
 
 PACKAGED_LISTS = ("ldnoobw_en.txt", "ldnoobw_zh.txt")
 PACKAGED_ALLOW = "harm_allow.txt"
@@ -35,8 +33,10 @@ def _packaged(name: str) -> str:
     return resources.files("filters").joinpath("data", name).read_text("utf-8")
 
 
-class HarmFilter:
+class HarmFilter(TermFilter):
     name = "harm"
+    reason = b.HARM
+    text_field = "query"
 
     def __init__(self, cfg: HarmConfig):
         self.cfg = cfg
@@ -48,14 +48,3 @@ class HarmFilter:
             terms += read_terms(Path(path).read_text("utf-8"))
         allow = read_terms(_packaged(PACKAGED_ALLOW)) + list(cfg.allow_terms)
         self.matcher = TermMatcher(terms, allow=allow, obfuscation=True, leetspeak=cfg.leetspeak)
-
-    def apply(self, batch: b.FilterBatch, active: np.ndarray) -> b.Verdict:
-        reasons: list[str | None] = [None] * batch.n
-        score = np.full(batch.n, np.nan)
-        idx = np.flatnonzero(active)
-        hits = self.matcher.find_many([batch.query[i] for i in idx])
-        for i, hit in zip(idx, hits):
-            score[i] = 1.0 if hit else 0.0
-            if hit:
-                reasons[i] = b.HARM
-        return b.reasons_to_verdict(reasons, score)

@@ -216,3 +216,25 @@ class TermMatcher:
             if not any(s <= start and end <= e for s, e, _ in allowed):
                 return term
         return None
+
+
+class TermFilter:
+    """A filter that drops rows whose text contains a listed term (commercial, harm)."""
+
+    name = ""
+    reason = ""
+    text_field = "key"  # FilterBatch attribute the matcher reads: "key" (normalised) or "query"
+    matcher: TermMatcher
+
+    def apply(self, batch, active):
+        from filters import base as b
+
+        reasons: list[str | None] = [None] * batch.n
+        score = np.full(batch.n, np.nan)
+        idx = np.flatnonzero(active)
+        texts = getattr(batch, self.text_field)
+        for i, hit in zip(idx, self.matcher.find_many([texts[i] for i in idx])):
+            score[i] = 1.0 if hit else 0.0
+            if hit:
+                reasons[i] = self.reason
+        return b.reasons_to_verdict(reasons, score)

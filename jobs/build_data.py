@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from cmaq.config import ConfigError, load_config
+from jobs.entry import add_config_options, setup
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -23,18 +22,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--logs", help="Logs Parquet path or table name (overrides --world).")
     p.add_argument("--annotations", help="Annotations Parquet path or table name (overrides --world).")
     p.add_argument("--out", required=True, help="Output directory.")
-    p.add_argument("--config", help="TOML configuration file.")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    cfg = setup(args)
+    if cfg is None:
         return 2
     if not args.world and not args.content:
         print("Error: give --world or --content (and --logs / --annotations)", file=sys.stderr)

@@ -8,27 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
-from cmaq.config import ConfigError, load_config
+from jobs.entry import add_config_options, setup
 
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--content", required=True, help="Content Parquet path or table name.")
-    p.add_argument("--config", help="TOML configuration file.")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    add_config_options(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    cfg = setup(args)
+    if cfg is None:
         return 2
     from cmaq.spark import get_spark
     from jobs.pool import build_pool

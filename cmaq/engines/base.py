@@ -66,6 +66,22 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.limits = PromptLimits(max_prompt_tokens=cfg.max_model_len - cfg.max_new_tokens - 1)
 
+    def requests(self, items: Sequence, model_version: str, adapter_version: str
+                 ) -> tuple[list[GenResult], list[str], list[int]]:
+        """One GenResult per item (errors filled in), the prompts of the good items, and the result
+        slot each prompt belongs to."""
+        results, prompts, slots = [], [], []
+        for item in items:
+            res = GenResult(content_id_of(item), model_version=model_version, adapter_version=adapter_version)
+            prompt, error = self.build(item)
+            if error:
+                res.error = error
+            else:
+                prompts.append(prompt)
+                slots.append(len(results))
+            results.append(res)
+        return results, prompts, slots
+
     def build(self, item: Mapping) -> tuple[str | None, tuple[str, str] | None]:
         try:
             if not isinstance(item, Mapping):

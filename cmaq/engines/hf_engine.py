@@ -89,16 +89,7 @@ class HFEngine:
 
     def _run(self, items, adapter, per_item: int, seeds: dict | None = None, **gen_kwargs) -> list[GenResult]:
         version = self._use_adapter(adapter)
-        results, prompts, slots = [], [], []
-        for item in items:
-            res = GenResult(content_id_of(item), model_version=self.model_version, adapter_version=version)
-            prompt, error = self._prompts.build(item)
-            if error:
-                res.error = error
-            else:
-                prompts.append(prompt)
-                slots.append(len(results))
-            results.append(res)
+        results, prompts, slots = self._prompts.requests(items, self.model_version, version)
         bs = self.cfg.hf_batch_size
         for start in range(0, len(prompts), bs):
             chunk, chunk_slots = prompts[start:start + bs], slots[start:start + bs]

@@ -12,8 +12,7 @@ import zlib
 from typing import Mapping, Sequence
 
 from cmaq.config import EngineConfig
-from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, content_id_of, \
-    request_seed
+from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +75,7 @@ class VllmEngine:
     def _prepare(self, items: Sequence[Mapping], adapter: str | None):
         self._engine()
         lora, aversion = self._lora(adapter)
-        results, prompts, slots = [], [], []
-        for item in items:
-            res = GenResult(content_id_of(item), model_version=self.model_version, adapter_version=aversion)
-            prompt, error = self._prompts.build(item)
-            if error:
-                res.error = error
-            else:
-                prompts.append(prompt)
-                slots.append(len(results))
-            results.append(res)
+        results, prompts, slots = self._prompts.requests(items, self.model_version, aversion)
         return results, prompts, slots, lora
 
     def beam(self, items: Sequence[Mapping], width: int = 5, adapter: str | None = None) -> list[GenResult]:
