@@ -299,7 +299,8 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
 
     with timer("assemble"):
         version_dir = root / "versions" / report.run_id
-        staged = (spark.read.parquet(str(staging / "chunk=*" / "data")) if n_chunks else None)
+        chunk_paths = sorted(str(p) for p in staging.glob("chunk=*/data"))
+        staged = spark.read.parquet(*chunk_paths) if chunk_paths else None
         new = _assemble(spark, staged, root, prev_id, carried_keys)
         tmp = root / "versions" / f".{report.run_id}.tmp"
         if tmp.exists():
