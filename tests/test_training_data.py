@@ -1,6 +1,5 @@
 """Training-data builders on a real local SparkSession."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -2,8 +2,6 @@ import json
 import random
 from collections import Counter
 
-import pyarrow.parquet as pq
-import pytest
 
 from cmaq.world import lexicon as lx
 from cmaq.text import shop_core

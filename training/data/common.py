@@ -5,14 +5,13 @@ Transforms take and return DataFrames. Bad rows are never dropped silently: ``va
 """
 from __future__ import annotations
 
-import math
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import BooleanType, DoubleType, StringType, StructField, StructType
+from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from cmaq.config import FiltersConfig
 
@@ -159,7 +158,3 @@ def with_fields(df: DataFrame, *fields: tuple[str, object]) -> StructType:
 
 def counts_by(df: DataFrame, column: str) -> dict[str, int]:
     return {r[0]: int(r[1]) for r in df.groupBy(column).count().collect()}
-
-
-def log10(x: float) -> float:
-    return math.log10(x) if x > 0 else 0.0
