@@ -88,3 +88,36 @@ def spark():
     session = get_spark("cmaq-tests", master="local[2]", shuffle_partitions=4)
     yield session
     session.stop()
+
+
+# --------------------------------------------------------------------------- Redis
+# A real redis-server on a loopback port of our own (never the system's 6379).
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--requirepass", "test-secret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:test-secret@127.0.0.1:{port}/0"
+    import redis
+
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url).ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,271 @@
+"""Key-value sinks for the served pool, chosen by URL, and the reader the online service uses.
+
+    redis://[:password@]host:port/db   rediss://...   production: pipelined, non-transactional bulk writes
+    sqlite:///path/to/pool.db                           the embedded default, same semantics
+
+Every published version is loaded under versioned keys ``{prefix}:{version}:{content_id}``; the
+pointer ``{prefix}:current`` names the version readers use, and it moves only after a load was
+verified. A reader resolves the pointer, then reads the item, so it always sees one complete
+version. Values are JSON with a schema version and the ordered queries with their scores.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+VALUE_SCHEMA_VERSION = 1
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, for logs and manifests."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def encode_value(content_id: str, version: str, queries: list[dict]) -> bytes:
+    return json.dumps({"schema": VALUE_SCHEMA_VERSION, "content_id": content_id, "version": version,
+                       "queries": queries}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class KVSink(Protocol):
+    url: str
+
+    def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int: ...
+    def count(self, version: str) -> int: ...
+    def get(self, version: str, content_id: str) -> bytes | None: ...
+    def pointer(self) -> str | None: ...
+    def set_pointer(self, version: str) -> None: ...
+    def versions(self) -> list[str]: ...
+    def delete_version(self, version: str) -> None: ...
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+class SQLiteSink:
+    """One table of (version, content_id) -> value and one of metadata (the pointer, versions)."""
+
+    def __init__(self, url: str, prefix: str = "cmaq", batch: int = 5000):
+        self.url, self.prefix, self.batch = url, prefix, batch
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else url[len("sqlite://"):]
+        if not path:
+            raise ValueError(f"{url}: expected sqlite:///path/to/file.db")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        with self._conn() as con:
+            con.execute("PRAGMA journal_mode=WAL")  # readers are not blocked by the writer
+            con.execute("CREATE TABLE IF NOT EXISTS kv (prefix TEXT, version TEXT, content_id TEXT, value BLOB,"
+                        " PRIMARY KEY (prefix, version, content_id))")
+            con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            con.execute("CREATE TABLE IF NOT EXISTS versions (prefix TEXT, version TEXT, created REAL,"
+                        " PRIMARY KEY (prefix, version))")
+
+    def _conn(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
+
+    def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int:
+        n = 0
+        con = self._conn()
+        try:
+            con.execute("INSERT OR IGNORE INTO versions VALUES (?, ?, ?)", (self.prefix, version, time.time()))
+            buf: list[tuple] = []
+            for content_id, value in items:
+                buf.append((self.prefix, version, content_id, value))
+                if len(buf) >= self.batch:
+                    n += self._flush(con, buf)
+            n += self._flush(con, buf)
+        finally:
+            con.close()
+        return n
+
+    @staticmethod
+    def _flush(con: sqlite3.Connection, buf: list[tuple]) -> int:
+        if not buf:
+            return 0
+        con.execute("BEGIN")
+        con.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", buf)
+        con.execute("COMMIT")
+        n = len(buf)
+        buf.clear()
+        return n
+
+    def count(self, version: str) -> int:
+        with self._conn() as con:
+            return con.execute("SELECT COUNT(*) FROM kv WHERE prefix = ? AND version = ?",
+                               (self.prefix, version)).fetchone()[0]
+
+    def get(self, version: str, content_id: str) -> bytes | None:
+        con = self._conn()
+        try:
+            row = con.execute("SELECT value FROM kv WHERE prefix = ? AND version = ? AND content_id = ?",
+                              (self.prefix, version, content_id)).fetchone()
+        finally:
+            con.close()
+        return row[0] if row else None
+
+    def pointer(self) -> str | None:
+        con = self._conn()
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:current",)).fetchone()
+        finally:
+            con.close()
+        return row[0] if row else None
+
+    def set_pointer(self, version: str) -> None:
+        con = self._conn()
+        try:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"{self.prefix}:current", version))
+        finally:
+            con.close()
+
+    def versions(self) -> list[str]:
+        con = self._conn()
+        try:
+            rows = con.execute("SELECT version FROM versions WHERE prefix = ? ORDER BY created", (self.prefix,)).fetchall()
+        finally:
+            con.close()
+        return [r[0] for r in rows]
+
+    def delete_version(self, version: str) -> None:
+        con = self._conn()
+        try:
+            con.execute("BEGIN")
+            con.execute("DELETE FROM kv WHERE prefix = ? AND version = ?", (self.prefix, version))
+            con.execute("DELETE FROM versions WHERE prefix = ? AND version = ?", (self.prefix, version))
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+class RedisSink:
+    """String keys per item, a sorted set of versions, and the pointer key; bulk writes pipelined
+    without MULTI (a load is verified as a whole before the pointer moves, so it needs no transaction)."""
+
+    def __init__(self, url: str, prefix: str = "cmaq", batch: int = 1000, timeout: float = 5.0):
+        import redis
+
+        self.url, self.prefix, self.batch = url, prefix, batch
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def _key(self, version: str, content_id: str) -> str:
+        return f"{self.prefix}:{version}:{content_id}"
+
+    def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int:
+        self.client.zadd(f"{self.prefix}:versions", {version: time.time()})
+        n = 0
+        pipe = self.client.pipeline(transaction=False)
+        pending = 0
+        for content_id, value in items:
+            pipe.set(self._key(version, content_id), value)
+            pending += 1
+            if pending >= self.batch:
+                pipe.execute()
+                n += pending
+                pending = 0
+        if pending:
+            pipe.execute()
+            n += pending
+        return n
+
+    def _scan(self, version: str) -> Iterator[bytes]:
+        yield from self.client.scan_iter(match=f"{self.prefix}:{version}:*", count=1000)
+
+    def count(self, version: str) -> int:
+        return sum(1 for _ in self._scan(version))
+
+    def get(self, version: str, content_id: str) -> bytes | None:
+        return self.client.get(self._key(version, content_id))
+
+    def pointer(self) -> str | None:
+        v = self.client.get(f"{self.prefix}:current")
+        return v.decode() if v is not None else None
+
+    def set_pointer(self, version: str) -> None:
+        self.client.set(f"{self.prefix}:current", version)  # a single SET: atomic for every reader
+
+    def versions(self) -> list[str]:
+        return [v.decode() for v in self.client.zrange(f"{self.prefix}:versions", 0, -1)]
+
+    def delete_version(self, version: str) -> None:
+        batch: list[bytes] = []
+        for key in self._scan(version):
+            batch.append(key)
+            if len(batch) >= self.batch:
+                self.client.unlink(*batch)  # UNLINK frees memory in the background
+                batch.clear()
+        if batch:
+            self.client.unlink(*batch)
+        self.client.zrem(f"{self.prefix}:versions", version)
+
+
+def open_sink(url: str, prefix: str = "cmaq") -> KVSink:
+    scheme = urlsplit(url).scheme
+    if scheme in ("redis", "rediss"):
+        return RedisSink(url, prefix)
+    if scheme == "sqlite":
+        return SQLiteSink(url, prefix)
+    raise ValueError(f"{redact_url(url)}: unsupported KV URL (use redis://, rediss:// or sqlite:///path)")
+
+
+# --------------------------------------------------------------------------- reader
+
+
+@dataclass
+class Lookup:
+    content_id: str
+    version: str | None
+    queries: list[dict]
+    hit: bool
+
+
+class Reader:
+    """``Reader(url).get(content_id)``: the current version's queries for a content, or a miss."""
+
+    def __init__(self, url: str, prefix: str = "cmaq"):
+        self.sink = open_sink(url, prefix)
+
+    def get(self, content_id: str) -> Lookup:
+        version = self.sink.pointer()
+        if version is None:
+            return Lookup(content_id, None, [], False)
+        raw = self.sink.get(version, content_id)
+        if raw is None:
+            return Lookup(content_id, version, [], False)
+        value = json.loads(raw)
+        return Lookup(content_id, version, value["queries"], True)
+
+
+def load_version(sink: KVSink, version: str, items: Iterable[tuple[str, bytes]], expected: int,
+                 sample: list[tuple[str, bytes]], keep: int = 2) -> dict:
+    """Load a complete version, verify it (count and a sample read back), then move the pointer and
+    drop versions beyond the newest ``keep``. Raises before touching the pointer if verification fails."""
+    t0 = time.perf_counter()
+    written = sink.write(version, items)
+    stored = sink.count(version)
+    if stored != expected or written != expected:
+        raise RuntimeError(f"KV load of {version} incomplete: expected {expected}, wrote {written}, found {stored}")
+    for content_id, value in sample:
+        if sink.get(version, content_id) != value:
+            raise RuntimeError(f"KV load of {version}: {content_id} reads back different")
+    previous = sink.pointer()
+    sink.set_pointer(version)
+    removed = []
+    for old in sink.versions()[:-keep]:
+        if old not in (version, previous):
+            sink.delete_version(old)
+            removed.append(old)
+    return {"version": version, "items": stored, "previous": previous, "removed": removed,
+            "seconds": round(time.perf_counter() - t0, 2), "url": redact_url(sink.url)}

@@ -1,0 +1,83 @@
+"""KV sinks on a real redis-server and on SQLite: versioned loads, verified pointer moves, readers."""
+import threading
+
+import pytest
+
+from cmaq.pool.kv import Reader, encode_value, load_version, open_sink, redact_url
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def url(request, tmp_path):
+    if request.param == "redis":
+        import redis
+
+        u = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(u).flushdb()
+        return u
+    return f"sqlite:///{tmp_path}/kv.db"
+
+
+def _items(version, n, tag=""):
+    return [(f"c{i:05d}", encode_value(f"c{i:05d}", version, [{"query": f"q{i}{tag}", "rank": 0}])) for i in range(n)]
+
+
+def test_load_verify_and_read(url):
+    sink = open_sink(url)
+    items = _items("v1", 500)
+    report = load_version(sink, "v1", iter(items), expected=500, sample=items[:5])
+    assert report["items"] == 500 and "test-secret" not in report["url"]
+    hit = Reader(url).get("c00007")
+    assert hit.hit and hit.version == "v1" and hit.queries[0]["query"] == "q7"
+    miss = Reader(url).get("nope")
+    assert not miss.hit and miss.version == "v1"
+
+
+def test_a_failed_load_never_moves_the_pointer(url):
+    sink = open_sink(url)
+    load_version(sink, "v1", iter(_items("v1", 100)), expected=100, sample=[])
+
+    def broken():
+        yield from _items("v2", 50)
+        raise IOError("connection lost midway")
+
+    with pytest.raises(IOError):
+        load_version(sink, "v2", broken(), expected=100, sample=[])
+    assert sink.pointer() == "v1"
+    with pytest.raises(RuntimeError, match="incomplete"):
+        load_version(sink, "v3", iter(_items("v3", 99)), expected=100, sample=[])
+    assert sink.pointer() == "v1" and Reader(url).get("c00001").version == "v1"
+
+
+def test_readers_see_one_complete_version_during_a_load(url):
+    sink = open_sink(url)
+    load_version(sink, "v1", iter(_items("v1", 300, "-old")), expected=300, sample=[])
+    seen, stop = [], threading.Event()
+
+    def poll():
+        reader = Reader(url)
+        while not stop.is_set():
+            hit = reader.get("c00299")
+            seen.append((hit.version, hit.queries[0]["query"] if hit.hit else None))
+
+    t = threading.Thread(target=poll)
+    t.start()
+    load_version(sink, "v2", iter(_items("v2", 300, "-new")), expected=300, sample=[])
+    stop.set()
+    t.join()
+    assert seen
+    assert all((v, q) in {("v1", "q299-old"), ("v2", "q299-new")} for v, q in seen)
+
+
+def test_old_versions_are_dropped(url):
+    sink = open_sink(url)
+    for v in ("v1", "v2", "v3"):
+        load_version(sink, v, iter(_items(v, 20)), expected=20, sample=[], keep=2)
+    assert sink.versions() == ["v2", "v3"] and sink.count("v1") == 0
+
+
+def test_passwords_are_redacted():
+    assert redact_url("redis://:s3cret@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
+    assert redact_url("rediss://user:pw@h:1/2") == "rediss://user:***@h:1/2"
+    with pytest.raises(ValueError) as err:
+        open_sink("http://:s3cret@host/x")
+    assert "s3cret" not in str(err.value)
