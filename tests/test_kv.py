@@ -81,3 +81,23 @@ def test_passwords_are_redacted():
     with pytest.raises(ValueError) as err:
         open_sink("http://:s3cret@host/x")
     assert "s3cret" not in str(err.value)
+
+
+def test_single_writer_lease(url):
+    import time
+
+    from cmaq.pool.kv import Lease, LeaseHeld
+
+    sink = open_sink(url)
+    with Lease(sink, "nightly-1", ttl_s=30):
+        with pytest.raises(LeaseHeld, match="nightly-1"):
+            with Lease(open_sink(url), "nearline-7", ttl_s=30):
+                pass
+    with Lease(sink, "nearline-7", ttl_s=30):  # released on exit
+        pass
+    # a crashed writer (never released) loses the lease when it expires
+    assert sink.acquire("writer", "crashed", 0.3) is None
+    assert sink.acquire("writer", "purge-2", 30) == "crashed"
+    time.sleep(0.5)
+    assert sink.acquire("writer", "purge-2", 30) is None
+    sink.release("writer", "purge-2")

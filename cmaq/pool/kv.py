@@ -47,6 +47,8 @@ class KVSink(Protocol):
     def set_pointer(self, version: str) -> None: ...
     def versions(self) -> list[str]: ...
     def delete_version(self, version: str) -> None: ...
+    def acquire(self, name: str, owner: str, ttl_s: float) -> str | None: ...
+    def release(self, name: str, owner: str) -> None: ...
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -136,6 +138,36 @@ class SQLiteSink:
             con.close()
         return [r[0] for r in rows]
 
+    def acquire(self, name: str, owner: str, ttl_s: float) -> str | None:
+        """Take the lease row if it is free or expired; else return its holder."""
+        con = self._conn()
+        try:
+            con.execute("BEGIN IMMEDIATE")  # one writer decides at a time
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",)).fetchone()
+            now = time.time()
+            if row:
+                holder, expires = json.loads(row[0])
+                if expires > now and holder != owner:
+                    con.execute("COMMIT")
+                    return holder
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        (f"{self.prefix}:lease:{name}", json.dumps([owner, now + ttl_s])))
+            con.execute("COMMIT")
+            return None
+        finally:
+            con.close()
+
+    def release(self, name: str, owner: str) -> None:
+        con = self._conn()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",)).fetchone()
+            if row and json.loads(row[0])[0] == owner:
+                con.execute("DELETE FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",))
+            con.execute("COMMIT")
+        finally:
+            con.close()
+
     def delete_version(self, version: str) -> None:
         con = self._conn()
         try:
@@ -199,6 +231,19 @@ class RedisSink:
     def versions(self) -> list[str]:
         return [v.decode() for v in self.client.zrange(f"{self.prefix}:versions", 0, -1)]
 
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+
+    def acquire(self, name: str, owner: str, ttl_s: float) -> str | None:
+        key = f"{self.prefix}:lease:{name}"
+        if self.client.set(key, owner, nx=True, px=int(ttl_s * 1000)):
+            return None
+        holder = self.client.get(key)
+        return holder.decode() if holder is not None else "unknown (just released; retry)"
+
+    def release(self, name: str, owner: str) -> None:
+        # Delete only our own lease: compare and delete in one server-side step.
+        self.client.eval(self._RELEASE, 1, f"{self.prefix}:lease:{name}", owner)
+
     def delete_version(self, version: str) -> None:
         batch: list[bytes] = []
         for key in self._scan(version):
@@ -218,6 +263,31 @@ def open_sink(url: str, prefix: str = "cmaq") -> KVSink:
     if scheme == "sqlite":
         return SQLiteSink(url, prefix)
     raise ValueError(f"{redact_url(url)}: unsupported KV URL (use redis://, rediss:// or sqlite:///path)")
+
+
+# --------------------------------------------------------------------------- the single-writer lease
+
+
+class LeaseHeld(RuntimeError):
+    """Another writer (nightly, nearline, purge or rollback) holds the pool's lease."""
+
+
+class Lease:
+    """``with Lease(sink, "writer", ttl_s=3600): ...`` — one writer at a time; a crashed writer's
+    lease expires after ``ttl_s``. A second writer fails fast with a message naming the holder."""
+
+    def __init__(self, sink: KVSink, owner: str, ttl_s: float = 3600.0, name: str = "writer"):
+        self.sink, self.owner, self.ttl_s, self.name = sink, owner, ttl_s, name
+
+    def __enter__(self) -> "Lease":
+        holder = self.sink.acquire(self.name, self.owner, self.ttl_s)
+        if holder is not None:
+            raise LeaseHeld(f"the pool is being written by {holder}; try again when it finishes "
+                            f"(a crashed writer's lease expires after its TTL)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sink.release(self.name, self.owner)
 
 
 # --------------------------------------------------------------------------- reader
