@@ -201,6 +201,30 @@ def pool_build(ctx: click.Context, content: str, root: str | None, adapter: str 
     ctx.exit(report.exit_code)
 
 
+@pool.command("get")
+@click.argument("content_id")
+@click.option("--kv-url", default=None, help="Cache URL (default: pool.kv_url, or the embedded SQLite under pool.root).")
+@click.pass_context
+def pool_get(ctx: click.Context, content_id: str, kv_url: str | None) -> None:
+    """Print the served queries of CONTENT_ID from the cache's current version (exit 4 on a miss)."""
+    cfg = _config(ctx)
+    from cmaq.pool.kv import Reader, redact_url
+
+    url = kv_url or cfg.pool.kv()
+    if not url:
+        raise BadInput("no cache configured (pool.kv_url is 'none')")
+    try:
+        hit = Reader(url, cfg.pool.kv_prefix).get(content_id)
+    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+        raise click.ClickException(f"cannot read {redact_url(url)}: {exc}") from None
+    if not hit.hit:
+        where = f"version {hit.version}" if hit.version else "the cache (no version loaded yet)"
+        click.echo(f"miss: {content_id} is not in {where}")
+        ctx.exit(4)
+    click.echo(json.dumps({"content_id": content_id, "version": hit.version, "queries": hit.queries},
+                          ensure_ascii=False, indent=2))
+
+
 @main.group()
 def sql() -> None:
     """Analyst SQL over the published pool (files in sql/)."""

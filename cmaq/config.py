@@ -326,6 +326,18 @@ class PoolConfig:
         "version is exempt.", default=0.5)
     keep_versions: int = _help("Published versions kept on disk (older ones are removed after publishing).",
                                default=3)
+    kv_url: str = _help("Key-value cache the job loads after the gates: redis://, rediss:// or sqlite:///path. "
+                        "Empty: the embedded default sqlite:///<root>/kv.db; 'none': no cache.", default="")
+    kv_prefix: str = _help("Key prefix in the cache: keys are {prefix}:{version}:{content_id}.", default="cmaq")
+    kv_keep: int = _help("Versions kept in the cache for rollback (the current one included).", default=2)
+    lease_ttl_s: float = _help("Seconds a writer's lease lasts; a crashed writer's lease expires after it.",
+                               default=7200.0)
+
+    def kv(self) -> str | None:
+        """The effective cache URL, or None when disabled."""
+        if self.kv_url.lower() == "none":
+            return None
+        return self.kv_url or f"sqlite:///{Path(self.root).resolve()}/kv.db"
 
     def __post_init__(self) -> None:
         _require(self.chunk_items >= 1, "pool.chunk_items", "must be >= 1")
@@ -333,6 +345,8 @@ class PoolConfig:
         _require(0.0 <= self.max_quarantine_rate <= 1.0, "pool.max_quarantine_rate", "must be in [0, 1]")
         _require(self.max_volume_change >= 0.0, "pool.max_volume_change", "must be >= 0")
         _require(self.keep_versions >= 1, "pool.keep_versions", "must be >= 1")
+        _require(self.kv_keep >= 1, "pool.kv_keep", "must be >= 1")
+        _require(self.lease_ttl_s > 0, "pool.lease_ttl_s", "must be > 0")
 
 
 @dataclass

@@ -191,6 +191,7 @@ class RunReport:
     spark_app_id: str = ""
     previous_version: str | None = None
     published_version: str | None = None
+    kv: dict = field(default_factory=dict)
     error: str | None = None
 
 
@@ -222,7 +223,14 @@ def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Run
                        inputs={"content": content_source, "pool_root": str(root)})
     timer = Timer(report)
     try:
-        _run(spark, cfg, content_source, root, report, timer, read_table)
+        kv_url = cfg.pool.kv()
+        if kv_url:
+            from cmaq.pool.kv import Lease, open_sink
+
+            with Lease(open_sink(kv_url, cfg.pool.kv_prefix), f"nightly {run_id}", cfg.pool.lease_ttl_s):
+                _run(spark, cfg, content_source, root, report, timer, read_table)
+        else:
+            _run(spark, cfg, content_source, root, report, timer, read_table)
     except Exception as exc:  # noqa: BLE001 - recorded in the run manifest, exit code 1
         log.exception("pool job failed")
         report.status, report.exit_code, report.error = "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"
@@ -316,6 +324,9 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
         report.status, report.exit_code = "gates_failed", EXIT_GATES
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    if cfg.pool.kv():
+        with timer("kv_load"):
+            report.kv = load_kv(spark, cfg, tmp / "pool", report.run_id)
     t0 = time.perf_counter()
     tmp.rename(version_dir)
     report.status, report.exit_code, report.published_version = "published", EXIT_OK, report.run_id
@@ -325,6 +336,27 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
     _atomic_write(root / "current", report.run_id + "\n")
     shutil.rmtree(staging, ignore_errors=True)
     _prune(root, cfg.pool.keep_versions)
+
+
+def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str) -> dict:
+    """Load every served item of a version into the cache, verify, then move the cache's pointer.
+    Items stream through the driver (bounded memory); the sink pipelines the writes."""
+    from cmaq.pool.kv import encode_value, load_version, open_sink
+
+    pool = spark.read.parquet(str(pool_dir))
+    per_item = (pool.groupBy("content_id")
+                .agg(F.sort_array(F.collect_list(F.struct("rank", "query", "logprob", "score_relevance"))).alias("q")))
+    expected = per_item.count()
+
+    def values():
+        for row in per_item.toLocalIterator():
+            queries = [{"rank": r["rank"], "query": r["query"], "logprob": r["logprob"],
+                        "relevance": r["score_relevance"]} for r in row["q"]]
+            yield row["content_id"], encode_value(row["content_id"], version, queries)
+
+    sample = [v for _, v in zip(range(20), values())]
+    sink = open_sink(cfg.pool.kv(), cfg.pool.kv_prefix)
+    return load_version(sink, version, values(), expected, sample, keep=cfg.pool.kv_keep)
 
 
 def STAGING_SCHEMA_SPARK():

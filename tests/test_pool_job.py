@@ -115,7 +115,8 @@ def test_a_task_failing_on_its_first_attempt_is_retried(small_world, tmp_path):
 
 def test_kill_and_resume(small_world, tmp_path):
     content = small_world / "content"
-    chunks = ["--set", "pool.chunk_items=100", "--set", "pool.partitions_per_chunk=1"]
+    # the killed run's lease expires quickly so the rerun is not locked out for the default two hours
+    chunks = ["--set", "pool.chunk_items=100", "--set", "pool.partitions_per_chunk=1", "--set", "pool.lease_ttl_s=2"]
     killed_root = tmp_path / "killed"
     proc = _job(killed_root, content, {"CMAQ_TEST_ENGINE_DELAY": "1.5"}, chunks)
     deadline = time.time() + 300
@@ -132,6 +133,7 @@ def test_kill_and_resume(small_world, tmp_path):
     n_chunks = 6
     assert 1 <= len(committed) < n_chunks and not (killed_root / "current").exists()
     committed_items = sum(json.loads(m.read_text())["items"] for m in committed)
+    time.sleep(2.5)
 
     resumed = _job(killed_root, content, {}, chunks)
     out, _ = resumed.communicate(timeout=600)
@@ -188,3 +190,30 @@ def test_pool_build_command(spark, small_world, tmp_path):
     assert json.loads(result.output[result.output.index("{"):])["status"] == "published"
     missing = CliRunner().invoke(cli, ["sql", "run", str(REPO / "sql" / "top_queries.sql"), "--pool", str(tmp_path)])
     assert missing.exit_code == 2 and "no published pool version" in missing.output
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_path, backend, request):
+    from cmaq.pool.kv import Lease, open_sink
+
+    kv_url = request.getfixturevalue("redis_url") if backend == "redis" else f"sqlite:///{tmp_path}/kv.db"
+    content = pq.read_table(small_world / "content").slice(0, 30)
+    path = tmp_path / "c.parquet"
+    pq.write_table(content, path)
+    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}", f"pool.kv_prefix=t{backend}"]
+    report = build_pool(spark, load_config(None, opts), str(path))
+    assert report.exit_code == EXIT_OK, report.error
+    assert report.kv["items"] == report.counts["pool_items"] and "test-secret" not in json.dumps(report.kv)
+    served = pq.read_table(_version(tmp_path / "pool")[0] / "pool").to_pandas()
+    cid = served.sort_values("content_id").content_id.iloc[0]
+    args = [*sum([["--set", o] for o in opts], []), "pool", "get"]
+    hit = CliRunner().invoke(cli, [*args, cid])
+    assert hit.exit_code == 0, hit.output
+    got = json.loads(hit.output)
+    assert [q["query"] for q in got["queries"]] == served[served.content_id == cid].sort_values("rank")["query"].tolist()
+    miss = CliRunner().invoke(cli, [*args, "no-such-note"])
+    assert miss.exit_code == 4 and "miss" in miss.output
+    # a second writer is refused while the lease is held
+    with Lease(open_sink(kv_url, f"t{backend}"), "someone-else", ttl_s=60):
+        blocked = build_pool(spark, load_config(None, opts), str(path))
+    assert blocked.exit_code == 1 and "someone-else" in blocked.error
