@@ -225,6 +225,23 @@ def pool_get(ctx: click.Context, content_id: str, kv_url: str | None) -> None:
                           ensure_ascii=False, indent=2))
 
 
+@pool.command("rollback")
+@click.option("--to", "to", default=None, help="Version to serve (default: the one the current version replaced).")
+@click.option("--root", default=None, help="Pool root directory (pool.root).")
+@click.pass_context
+def pool_rollback(ctx: click.Context, to: str | None, root: str | None) -> None:
+    """Serve an earlier version again: moves the Parquet pointer and the cache's pointer together."""
+    cfg = _config(ctx, [f"pool.root={json.dumps(root)}"] if root else [])
+    from cmaq.pool.kv import LeaseHeld
+    from cmaq.pool.ops import rollback
+
+    try:
+        record = rollback(cfg, to)
+    except (FileNotFoundError, ValueError, LeaseHeld) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(record, indent=2))
+
+
 @main.group()
 def sql() -> None:
     """Analyst SQL over the published pool (files in sql/)."""

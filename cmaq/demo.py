@@ -102,6 +102,13 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
     print("[demo] a few served queries:")
     for row in top.head(5).itertuples():
         print(f"    {row.content_id}  #{row.rank}  {row.query}")
+    from cmaq.pool.kv import Reader, redact_url
+
+    first = top.content_id.iloc[0]
+    hit = Reader(cfg.pool.kv(), cfg.pool.kv_prefix).get(first)
+    print(f"[demo] cmaq pool get {first}  (cache {redact_url(cfg.pool.kv())}, version {hit.version}):")
+    for q in hit.queries:
+        print(f"    #{q['rank']}  {q['query']}")
     print(f"[demo] pool version {report.run_id} in {pool_root}/versions/{report.run_id}/ "
           f"(pointer {pool_root}/current, run manifest {pool_root}/runs/{report.run_id}.json)")
     return 0

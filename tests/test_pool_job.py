@@ -217,3 +217,27 @@ def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_p
     with Lease(open_sink(kv_url, f"t{backend}"), "someone-else", ttl_s=60):
         blocked = build_pool(spark, load_config(None, opts), str(path))
     assert blocked.exit_code == 1 and "someone-else" in blocked.error
+
+
+def test_rollback_moves_both_pointers(spark, small_world, tmp_path):
+    from cmaq.pool.kv import Reader
+
+    kv_url = f"sqlite:///{tmp_path}/kv.db"
+    content = pq.read_table(small_world / "content").slice(0, 20)
+    first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(content, first)
+    changed = content.to_pandas()
+    changed["title"] = changed["title"] + " (updated)"
+    changed.to_parquet(second, index=False)
+    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}", "pool.max_volume_change=1.0"]
+    cfg = load_config(None, opts)
+    v1 = build_pool(spark, cfg, str(first)).run_id
+    v2 = build_pool(spark, load_config(None, opts), str(second)).run_id
+    assert Reader(kv_url).get("c000000000").version == v2
+    args = [*sum([["--set", o] for o in opts], []), "pool", "rollback"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pool" / "current").read_text().strip() == v1
+    assert Reader(kv_url).get("c000000000").version == v1
+    again = CliRunner().invoke(cli, [*args, "--to", v1])
+    assert again.exit_code == 2 and "already the current version" in again.output
