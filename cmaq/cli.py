@@ -242,6 +242,27 @@ def pool_rollback(ctx: click.Context, to: str | None, root: str | None) -> None:
     click.echo(json.dumps(record, indent=2))
 
 
+@pool.command("purge")
+@click.option("--content-id", "content_ids", multiple=True, help="Remove this item entirely; repeatable.")
+@click.option("--term", "terms", multiple=True, help="Remove queries containing this newly blocked term; repeatable.")
+@click.option("--root", default=None, help="Pool root directory (pool.root).")
+@click.pass_context
+def pool_purge(ctx: click.Context, content_ids: tuple[str, ...], terms: tuple[str, ...], root: str | None) -> None:
+    """Takedown without regeneration, in Parquet and the cache together; recorded under runs/."""
+    cfg = _config(ctx, [f"pool.root={json.dumps(root)}"] if root else [])
+    from cmaq.pool.kv import LeaseHeld
+    from cmaq.pool.ops import purge
+    from cmaq.spark import get_spark
+
+    if not content_ids and not terms:
+        raise BadInput("name --content-id or --term")
+    try:
+        record = purge(cfg, get_spark("cmaq-pool-purge"), list(content_ids), list(terms))
+    except (FileNotFoundError, ValueError, LeaseHeld) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+
+
 @main.group()
 def sql() -> None:
     """Analyst SQL over the published pool (files in sql/)."""

@@ -241,3 +241,31 @@ def test_rollback_moves_both_pointers(spark, small_world, tmp_path):
     assert Reader(kv_url).get("c000000000").version == v1
     again = CliRunner().invoke(cli, [*args, "--to", v1])
     assert again.exit_code == 2 and "already the current version" in again.output
+
+
+def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_path):
+    from cmaq.pool.kv import Reader
+
+    kv_url = f"sqlite:///{tmp_path}/kv.db"
+    content = pq.read_table(small_world / "content").slice(0, 20)
+    path = tmp_path / "a.parquet"
+    pq.write_table(content, path)
+    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}"]
+    build_pool(spark, load_config(None, opts), str(path))
+    vdir, _ = _version(tmp_path / "pool")
+    before = pq.read_table(vdir / "pool").to_pandas()
+    victim = before.content_id.iloc[0]
+    term = "parking"
+    assert before["query"].str.contains(term).any()
+    args = [*sum([["--set", o] for o in opts], []), "pool", "purge", "--content-id", victim, "--term", term]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    after = pq.read_table(vdir / "pool").to_pandas()
+    assert victim not in set(after.content_id) and not after["query"].str.contains(term).any()
+    assert len(after) == len(before) - record["queries_removed"]
+    assert not Reader(kv_url).get(victim).hit
+    for cid in set(before[before["query"].str.contains(term)].content_id) - {victim}:
+        hit = Reader(kv_url).get(cid)
+        assert all(term not in q["query"] for q in hit.queries)
+    assert (tmp_path / "pool" / "runs" / f"{record['op_id']}.json").exists()

@@ -49,6 +49,7 @@ class KVSink(Protocol):
     def delete_version(self, version: str) -> None: ...
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None: ...
     def release(self, name: str, owner: str) -> None: ...
+    def delete_items(self, version: str, content_ids: Iterable[str]) -> None: ...
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -137,6 +138,16 @@ class SQLiteSink:
         finally:
             con.close()
         return [r[0] for r in rows]
+
+    def delete_items(self, version: str, content_ids: Iterable[str]) -> None:
+        con = self._conn()
+        try:
+            con.execute("BEGIN")
+            con.executemany("DELETE FROM kv WHERE prefix = ? AND version = ? AND content_id = ?",
+                            [(self.prefix, version, c) for c in content_ids])
+            con.execute("COMMIT")
+        finally:
+            con.close()
 
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None:
         """Take the lease row if it is free or expired; else return its holder."""
@@ -230,6 +241,12 @@ class RedisSink:
 
     def versions(self) -> list[str]:
         return [v.decode() for v in self.client.zrange(f"{self.prefix}:versions", 0, -1)]
+
+    def delete_items(self, version: str, content_ids: Iterable[str]) -> None:
+        keys = [self._key(version, c) for c in content_ids]
+        for i in range(0, len(keys), self.batch):
+            if keys[i:i + self.batch]:
+                self.client.unlink(*keys[i:i + self.batch])
 
     _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 

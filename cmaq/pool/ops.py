@@ -51,3 +51,68 @@ def rollback(cfg: CmaqConfig, to: str | None = None) -> dict:
     (root / "runs").mkdir(exist_ok=True)
     _write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
     return record
+
+
+def purge(cfg: CmaqConfig, spark, content_ids: list[str] = (), terms: list[str] = ()) -> dict:
+    """Takedown without regeneration: remove whole items, or the queries matching newly blocked
+    terms, from the current version — its Parquet tables rewritten in place and swapped in, and the
+    affected cache keys replaced (or deleted when nothing is left) — under the writer lease."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from cmaq.pool.kv import Lease, encode_value, open_sink
+    from filters.terms import TermMatcher
+
+    if not content_ids and not terms:
+        raise ValueError("name --content-id or --term")
+    root = Path(cfg.pool.root)
+    pointer = root / "current"
+    if not pointer.exists():
+        raise FileNotFoundError(f"{root}: nothing published yet")
+    version = pointer.read_text().strip()
+    vdir = root / "versions" / version
+    op_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-purge-" + uuid.uuid4().hex[:6]
+    matcher = TermMatcher(terms, obfuscation=True, leetspeak=True) if terms else None
+    ids = set(content_ids)
+
+    def doomed(content_id: str, query: str) -> bool:
+        return content_id in ids or (matcher is not None and matcher.find(query) is not None)
+
+    kv_url = cfg.pool.kv()
+    sink = open_sink(kv_url, cfg.pool.kv_prefix) if kv_url else None
+
+    def run() -> dict:
+        pool = spark.read.parquet(str(vdir / "pool"))
+        flag = F.udf(doomed, "boolean")
+        marked = pool.withColumn("_purge", flag("content_id", "query")).cache()
+        removed = marked.filter("_purge")
+        affected = sorted(r[0] for r in removed.select("content_id").distinct().collect())
+        n_removed = removed.count()
+        kept = marked.filter(~F.col("_purge")).drop("_purge")
+        tmp = vdir / f".pool.{op_id}"
+        kept.write.partitionBy("category").parquet(str(tmp))
+        old = vdir / f".pool.old.{op_id}"
+        (vdir / "pool").rename(old)
+        tmp.rename(vdir / "pool")
+        shutil.rmtree(old, ignore_errors=True)
+        if sink is not None and affected:
+            left = (spark.read.parquet(str(vdir / "pool")).filter(F.col("content_id").isin(affected))
+                    .groupBy("content_id").agg(F.sort_array(F.collect_list(
+                        F.struct("rank", "query", "logprob", "score_relevance"))).alias("q")).collect())
+            values = [(r["content_id"], encode_value(r["content_id"], version, [
+                {"rank": x["rank"], "query": x["query"], "logprob": x["logprob"], "relevance": x["score_relevance"]}
+                for x in r["q"]])) for r in left]
+            sink.write(version, values)  # each key replaced in one SET: readers see old or new
+            sink.delete_items(version, sorted(set(affected) - {c for c, _ in values}))
+        return {"queries_removed": n_removed, "items_affected": len(affected)}
+
+    record = {"op": "purge", "op_id": op_id, "version": version, "content_ids": sorted(ids), "terms": list(terms)}
+    if sink is not None:
+        with Lease(sink, f"purge {op_id}", cfg.pool.lease_ttl_s):
+            record.update(run())
+    else:
+        record.update(run())
+    (root / "runs").mkdir(exist_ok=True)
+    _write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
+    return record
