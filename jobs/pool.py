@@ -31,6 +31,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig, config_hash
+from cmaq.pool import atomic_write
 from cmaq.schema import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Run
         report.status, report.exit_code, report.error = "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"
     finally:
         (root / "runs").mkdir(exist_ok=True)
-        _atomic_write(root / "runs" / f"{run_id}.json", json.dumps(asdict(report), indent=2, default=str))
+        atomic_write(root / "runs" / f"{run_id}.json", json.dumps(asdict(report), indent=2, default=str))
     return report
 
 
@@ -297,7 +298,7 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
             if chunk_dir.exists():
                 shutil.rmtree(chunk_dir)  # a half-written chunk from a crash
             out.write.parquet(str(chunk_dir / "data"))
-            _atomic_write(marker, json.dumps({"items": items, "run_id": report.run_id}))
+            atomic_write(marker, json.dumps({"items": items, "run_id": report.run_id}))
             generated += items
             dt = time.perf_counter() - t0
             log.info("chunk %d/%d: %d items in %.1f s (%.1f items/s)", k + 1, n_chunks, items, dt, items / max(dt, 1e-9))
@@ -332,8 +333,8 @@ def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
     report.status, report.exit_code, report.published_version = "published", EXIT_OK, report.run_id
     report.timings["publish"] = round(time.perf_counter() - t0, 2)
     # The manifest is the version's last file; the pointer moves only after it is in place.
-    _atomic_write(version_dir / "manifest.json", json.dumps(asdict(report), indent=2, default=str))
-    _atomic_write(root / "current", report.run_id + "\n")
+    atomic_write(version_dir / "manifest.json", json.dumps(asdict(report), indent=2, default=str))
+    atomic_write(root / "current", report.run_id + "\n")
     shutil.rmtree(staging, ignore_errors=True)
     _prune(root, cfg.pool.keep_versions)
 
@@ -441,13 +442,6 @@ def _gates(written: dict, content: DataFrame, counts: dict, cfg: CmaqConfig, pre
     else:
         gates["volume_change"] = {"ok": True, "note": "first version"}
     return gates
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Write then rename: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prune(root: Path, keep: int) -> None:

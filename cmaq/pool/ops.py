@@ -8,14 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cmaq.config import CmaqConfig
-
-
-def _write(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from cmaq.pool import atomic_write
 
 
 def rollback(cfg: CmaqConfig, to: str | None = None) -> dict:
@@ -45,11 +38,11 @@ def rollback(cfg: CmaqConfig, to: str | None = None) -> dict:
             if target not in sink.versions():
                 raise FileNotFoundError(f"version {target} is not in the cache any more (pool.kv_keep)")
             sink.set_pointer(target)
-            _write(pointer, target + "\n")
+            atomic_write(pointer, target + "\n")
     else:
-        _write(pointer, target + "\n")
+        atomic_write(pointer, target + "\n")
     (root / "runs").mkdir(exist_ok=True)
-    _write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
+    atomic_write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
     return record
 
 
@@ -114,5 +107,5 @@ def purge(cfg: CmaqConfig, spark, content_ids: list[str] = (), terms: list[str] 
     else:
         record.update(run())
     (root / "runs").mkdir(exist_ok=True)
-    _write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
+    atomic_write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2))
     return record
