@@ -179,7 +179,7 @@ _data_command("expansion", "Expansion labels for the expansion reward model, spl
 
 @main.group()
 def pool() -> None:
-    """The recall pool: build a version with the Spark job."""
+    """The recall pool: build, refresh, read, size, roll back and purge."""
 
 
 @pool.command("build")
@@ -223,6 +223,47 @@ def pool_get(ctx: click.Context, content_id: str, kv_url: str | None) -> None:
         ctx.exit(4)
     click.echo(json.dumps({"content_id": content_id, "version": hit.version, "queries": hit.queries},
                           ensure_ascii=False, indent=2))
+
+
+@pool.command("refresh")
+@click.option("--content", required=True, help="Content Parquet path or table name (the full table; rows "
+              "updated after the watermark are the candidates).")
+@click.option("--root", default=None, help="Pool root directory (pool.root).")
+@click.pass_context
+def pool_refresh(ctx: click.Context, content: str, root: str | None) -> None:
+    """Nearline: generate queries for new or changed content and add them to the current version
+    (Parquet delta + cache). Exit 0 refreshed or nothing to do, 1 error."""
+    cfg = _config(ctx, [f"pool.root={json.dumps(root)}"] if root else [])
+    from cmaq.spark import get_spark
+    from jobs.nearline import refresh
+
+    report = refresh(get_spark("cmaq-nearline"), cfg, content)
+    click.echo(json.dumps({"op_id": report.op_id, "status": report.status, "version": report.version,
+                           "counts": report.counts, "watermark": report.watermark, "delta": report.delta,
+                           "error": report.error}, indent=2, default=str))
+    ctx.exit(report.exit_code)
+
+
+@pool.command("kv-size")
+@click.option("--sample", default=200, show_default=True, type=click.IntRange(1, 100_000),
+              help="Items of the current version to measure.")
+@click.option("--kv-url", default=None, help="Cache URL (default: pool.kv_url, or the embedded SQLite under pool.root).")
+@click.pass_context
+def pool_kv_size(ctx: click.Context, sample: int, kv_url: str | None) -> None:
+    """Estimate cache memory per item and for two versions (what a load needs at its peak)."""
+    cfg = _config(ctx)
+    from cmaq.pool.kv import estimate_size, open_sink, redact_url
+
+    url = kv_url or cfg.pool.kv()
+    if not url:
+        raise BadInput("no cache configured (pool.kv_url is 'none')")
+    try:
+        figures = estimate_size(open_sink(url, cfg.pool.kv_prefix), sample)
+    except LookupError as exc:
+        raise BadInput(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
+        raise click.ClickException(f"cannot read {redact_url(url)}: {exc}") from None
+    click.echo(json.dumps(figures, indent=2))
 
 
 @pool.command("rollback")

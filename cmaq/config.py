@@ -330,6 +330,10 @@ class PoolConfig:
                         "Empty: the embedded default sqlite:///<root>/kv.db; 'none': no cache.", default="")
     kv_prefix: str = _help("Key prefix in the cache: keys are {prefix}:{version}:{content_id}.", default="cmaq")
     kv_keep: int = _help("Versions kept in the cache for rollback (the current one included).", default=2)
+    kv_grace_s: float = _help(
+        "Seconds a version dropped from the cache stays readable (Redis: EXPIRE on its keys; SQLite: "
+        "deleted at the first write after the grace), so a reader that resolved the old pointer just "
+        "before it moved still finds its item. 0 removes it at once (UNLINK).", default=300.0)
     lease_ttl_s: float = _help("Seconds a writer's lease lasts; a crashed writer's lease expires after it.",
                                default=7200.0)
 
@@ -347,6 +351,7 @@ class PoolConfig:
         _require(self.keep_versions >= 1, "pool.keep_versions", "must be >= 1")
         _require(self.kv_keep >= 1, "pool.kv_keep", "must be >= 1")
         _require(self.lease_ttl_s > 0, "pool.lease_ttl_s", "must be > 0")
+        _require(self.kv_grace_s >= 0, "pool.kv_grace_s", "must be >= 0")
 
 
 @dataclass

@@ -136,3 +136,17 @@ def merge_counts(*counts: dict[str, int]) -> dict[str, int]:
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+_SHARED: dict[tuple[str, str], FilterChain] = {}
+
+
+def shared_chain(cfg: FiltersConfig, which: str) -> FilterChain:
+    """The ``serving`` or ``training`` chain for this config, built once per process: Spark's Python
+    workers are reused across tasks, so the term matchers and any embedding model load once."""
+    key = (which, repr(cfg))
+    if key not in _SHARED:
+        if which not in ("serving", "training"):
+            raise ValueError(f"unknown chain {which!r}: use 'serving' or 'training'")
+        _SHARED[key] = FilterChain.serving(cfg) if which == "serving" else FilterChain.training(cfg)
+    return _SHARED[key]

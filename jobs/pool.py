@@ -20,9 +20,7 @@ import math
 import os
 import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -31,8 +29,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig, config_hash
-from cmaq.pool import atomic_write
-from cmaq.schema import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA, SCORE_COLUMNS
+from cmaq.pool import atomic_write, new_op_id, write_record
+from cmaq.pool.versions import TABLES, current_version, kv_items, read_manifest, version_frames, write_tables
+from cmaq.schema import SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +72,23 @@ def with_content_hash(content: DataFrame) -> DataFrame:
     return content.withColumn("content_hash", F.substring(F.sha2(F.concat_ws("\u0001", *parts), 256), 1, 16))
 
 
-def read_current(root: Path, spark: SparkSession) -> tuple[str | None, dict | None]:
-    pointer = root / "current"
-    if not pointer.exists():
-        return None, None
-    run_id = pointer.read_text().strip()
-    manifest = json.loads((root / "versions" / run_id / "manifest.json").read_text())
-    return run_id, manifest
+def read_content(spark: SparkSession, source: str) -> DataFrame:
+    """The content table with its content_hash, cached (the job reads it several times)."""
+    from training.data.common import read_table
+
+    return with_content_hash(read_table(spark, source)).cache()
 
 
-def _table(spark: SparkSession, path: Path, schema: pa.Schema) -> DataFrame:
-    from cmaq.arrow_spark import empty_frame
+def max_updated_at_ms(content: DataFrame) -> int | None:
+    """The newest ``updated_at`` read: the nearline refresh's starting watermark for this version."""
+    value = content.agg(F.max(F.expr("unix_millis(updated_at)"))).first()[0]
+    return None if value is None else int(value)
 
-    return spark.read.parquet(str(path)) if path.exists() else empty_frame(spark, schema)
+
+def keyed_content(content: DataFrame, versions: dict) -> DataFrame:
+    """Content rows with the full record key: what, and with what model, adapter and config."""
+    return content.select(*CONTENT_FIELDS, "content_hash").withColumns(
+        {k: F.lit(versions[k]) for k in ("model_version", "adapter_version", "config_hash")})
 
 
 # --------------------------------------------------------------------------- generate (executors)
@@ -99,14 +102,14 @@ def _generate_batches(batches: Iterator[pa.RecordBatch], cfg: CmaqConfig, adapte
     from pyspark import TaskContext
 
     from cmaq.engines import get_engine
-    from training.data.common import _chain
+    from filters.chain import shared_chain
 
     if os.environ.get(FAULT_ENV) == "generate_first_attempt":
         ctx = TaskContext.get()
         if ctx is not None and ctx.attemptNumber() == 0:
             raise RuntimeError("injected failure on the first attempt of a generation task")
     engine = get_engine(cfg.engine)
-    chain = _chain(cfg.filters, "serving")
+    chain = shared_chain(cfg.filters, "serving")
     width = cfg.engine.beam_width
     for rb in batches:
         items = _safe_rows(rb)
@@ -215,149 +218,146 @@ class Timer:
 
 def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> RunReport:
     """Run the whole job; never raises for gate failures (see the report's exit_code)."""
-    from training.data.common import read_table
+    from cmaq.pool.kv import writer_lease
 
     root = Path(cfg.pool.root)
     root.mkdir(parents=True, exist_ok=True)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    report = RunReport(run_id=run_id, spark_app_id=spark.sparkContext.applicationId,
+    report = RunReport(run_id=new_op_id(), spark_app_id=spark.sparkContext.applicationId,
                        inputs={"content": content_source, "pool_root": str(root)})
-    timer = Timer(report)
     try:
-        kv_url = cfg.pool.kv()
-        if kv_url:
-            from cmaq.pool.kv import Lease, open_sink
-
-            with Lease(open_sink(kv_url, cfg.pool.kv_prefix), f"nightly {run_id}", cfg.pool.lease_ttl_s):
-                _run(spark, cfg, content_source, root, report, timer, read_table)
-        else:
-            _run(spark, cfg, content_source, root, report, timer, read_table)
+        with writer_lease(cfg.pool, f"nightly {report.run_id}"):
+            _run(spark, cfg, content_source, root, report, Timer(report))
     except Exception as exc:  # noqa: BLE001 - recorded in the run manifest, exit code 1
         log.exception("pool job failed")
         report.status, report.exit_code, report.error = "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"
     finally:
-        (root / "runs").mkdir(exist_ok=True)
-        atomic_write(root / "runs" / f"{run_id}.json", json.dumps(asdict(report), indent=2, default=str))
+        write_record(root, report.run_id, asdict(report))
     return report
 
 
-def _run(spark, cfg, content_source, root, report, timer, read_table) -> None:
-    from cmaq.engines import resolve_model_dir
-    from cmaq.engines.base import adapter_version as adapter_hash
-    from cmaq.engines.tiny import dir_hash
-
-    adapter = cfg.pool.adapter or None
+def _run(spark, cfg, content_source, root, report, timer) -> None:
     with timer("resolve_versions"):
-        if ":" in cfg.engine.backend:
-            model_version = cfg.engine.backend
-        else:
-            model_dir = resolve_model_dir(cfg.engine)
-            cfg.engine.model_dir = model_dir  # executors must not build a model of their own
-            model_version = dir_hash(model_dir)
-        aversion = adapter_hash(adapter)
-        chash = serving_config_hash(cfg)
-    report.versions = {"model_version": model_version, "adapter_version": aversion, "config_hash": chash}
-
+        report.versions = resolve_versions(cfg)
     with timer("read"):
-        content = with_content_hash(read_table(spark, content_source)).cache()
-        n_read = content.count()
-    report.counts["read"] = n_read
-    prev_id, prev_manifest = read_current(root, spark)
+        content = read_content(spark, content_source)
+        report.counts["read"] = content.count()
+        report.inputs["max_updated_at_ms"] = max_updated_at_ms(content)
+    prev_id = current_version(root)
     report.previous_version = prev_id
+    prev_frames = version_frames(spark, root / "versions" / prev_id) if prev_id else None
 
     with timer("plan"):
-        keyed = content.select(*CONTENT_FIELDS, "content_hash").withColumns({
-            "model_version": F.lit(model_version), "adapter_version": F.lit(aversion), "config_hash": F.lit(chash)})
-        carried_keys = _carried_keys(spark, root, prev_id, keyed)
-        todo = keyed.join(carried_keys, list(KEY), "left_anti").cache()
+        keyed = keyed_content(content, report.versions)
+        carried = _carried_keys(keyed, prev_frames)
+        todo = keyed.join(carried, list(KEY), "left_anti").cache()
         n_todo = todo.count()
-    report.counts["carried_forward"] = n_read - n_todo
+    report.counts["carried_forward"] = report.counts["read"] - n_todo
     report.counts["to_generate"] = n_todo
 
-    plan_id = _plan_id(todo, n_todo, report.versions)
-    staging = root / "staging" / plan_id
-    n_chunks = max(1, math.ceil(n_todo / cfg.pool.chunk_items)) if n_todo else 0
-    todo = todo.withColumn("_chunk", F.pmod(F.xxhash64("content_id"), F.lit(max(n_chunks, 1))))
-    generated_at_ms = int(time.time() * 1000)
-    skipped = generated = 0
     with timer("generate"):
-        for k in range(n_chunks):
-            chunk_dir = staging / f"chunk={k:05d}"
-            marker = chunk_dir / "_COMMITTED"
-            if marker.exists():
-                skipped += json.loads(marker.read_text())["items"]
-                log.info("chunk %d/%d already committed, skipped", k + 1, n_chunks)
-                continue
-            t0 = time.perf_counter()
-            part = todo.filter(F.col("_chunk") == k).drop("_chunk")
-            items = part.count()
-            out = part.repartition(cfg.pool.partitions_per_chunk).mapInArrow(
-                lambda it, _cfg=cfg: _generate_batches(it, _cfg, adapter, report.run_id, generated_at_ms,
-                                                       model_version, aversion, chash),
-                STAGING_SCHEMA_SPARK())
-            if chunk_dir.exists():
-                shutil.rmtree(chunk_dir)  # a half-written chunk from a crash
-            out.write.parquet(str(chunk_dir / "data"))
-            atomic_write(marker, json.dumps({"items": items, "run_id": report.run_id}))
-            generated += items
-            dt = time.perf_counter() - t0
-            log.info("chunk %d/%d: %d items in %.1f s (%.1f items/s)", k + 1, n_chunks, items, dt, items / max(dt, 1e-9))
-    report.counts["generated"] = generated
-    report.counts["skipped_committed"] = skipped
-    report.chunks = {"plan_id": plan_id, "chunks": n_chunks}
+        staged, stats = generate_chunks(todo, n_todo, cfg, root / "staging", report.run_id, report.versions)
+    report.counts["generated"], report.counts["skipped_committed"] = stats.pop("generated"), stats.pop("skipped")
+    report.chunks = stats
 
     with timer("assemble"):
-        version_dir = root / "versions" / report.run_id
-        chunk_paths = sorted(str(p) for p in staging.glob("chunk=*/data"))
-        staged = spark.read.parquet(*chunk_paths) if chunk_paths else None
-        new = _assemble(spark, staged, root, prev_id, carried_keys)
         tmp = root / "versions" / f".{report.run_id}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        new["pool"].write.partitionBy("category").parquet(str(tmp / "pool"))
-        new["dropped"].write.parquet(str(tmp / "dropped"))
-        new["quarantine"].write.parquet(str(tmp / "quarantine"))
+        write_tables(_assemble(spark, staged, prev_frames, carried), tmp)
     with timer("gates"):
-        written = {n: spark.read.parquet(str(tmp / n)) for n in ("pool", "dropped", "quarantine")}
+        written = {n: spark.read.parquet(str(tmp / n)) for n, _ in TABLES}
         report.counts.update(_counts(written))
-        report.gates = _gates(written, content, report.counts, cfg, prev_manifest)
+        report.gates = _gates(written, content, report.counts, cfg,
+                              read_manifest(root, prev_id) if prev_id else None)
     if not all(g["ok"] for g in report.gates.values()):
         report.status, report.exit_code = "gates_failed", EXIT_GATES
         shutil.rmtree(tmp, ignore_errors=True)
         return
+    _publish(spark, cfg, root, tmp, report, timer)
+    shutil.rmtree(root / "staging" / stats["plan_id"], ignore_errors=True)
+    _prune(root, cfg.pool.keep_versions)
+    todo.unpersist()
+    content.unpersist()
+
+
+def resolve_versions(cfg: CmaqConfig) -> dict:
+    """model_version, adapter_version and config_hash: the part of every record's key that says how
+    it was made. Resolving the model here also pins its directory for the executors."""
+    from cmaq.engines import resolve_model_dir
+    from cmaq.engines.base import adapter_version
+    from cmaq.engines.tiny import dir_hash
+
+    if ":" in cfg.engine.backend:
+        model_version = cfg.engine.backend
+    else:
+        cfg.engine.model_dir = resolve_model_dir(cfg.engine)  # executors must not build a model of their own
+        model_version = dir_hash(cfg.engine.model_dir)
+    return {"model_version": model_version, "adapter_version": adapter_version(cfg.pool.adapter or None),
+            "config_hash": serving_config_hash(cfg)}
+
+
+def generate_chunks(todo: DataFrame, n_todo: int, cfg: CmaqConfig, staging_root: Path, run_id: str,
+                    versions: dict) -> tuple[DataFrame | None, dict]:
+    """Generate ``todo`` chunk by chunk into ``staging_root/<plan_id>``; a chunk whose _COMMITTED
+    marker exists (a crashed earlier attempt of the same plan) is not generated again. Returns the
+    staged rows (None when there was nothing to do) and the chunk statistics."""
+    adapter = cfg.pool.adapter or None
+    plan_id = _plan_id(todo, n_todo, versions)
+    staging = staging_root / plan_id
+    n_chunks = max(1, math.ceil(n_todo / cfg.pool.chunk_items)) if n_todo else 0
+    todo = todo.withColumn("_chunk", F.pmod(F.xxhash64("content_id"), F.lit(max(n_chunks, 1))))
+    generated_at_ms = int(time.time() * 1000)
+    mv, av, ch = versions["model_version"], versions["adapter_version"], versions["config_hash"]
+    skipped = generated = 0
+    for k in range(n_chunks):
+        chunk_dir = staging / f"chunk={k:05d}"
+        marker = chunk_dir / "_COMMITTED"
+        if marker.exists():
+            skipped += json.loads(marker.read_text())["items"]
+            log.info("chunk %d/%d already committed, skipped", k + 1, n_chunks)
+            continue
+        t0 = time.perf_counter()
+        part = todo.filter(F.col("_chunk") == k).drop("_chunk")
+        items = part.count()
+        out = part.repartition(cfg.pool.partitions_per_chunk).mapInArrow(
+            lambda it, _cfg=cfg: _generate_batches(it, _cfg, adapter, run_id, generated_at_ms, mv, av, ch),
+            STAGING_SCHEMA_SPARK())
+        if chunk_dir.exists():
+            shutil.rmtree(chunk_dir)  # a half-written chunk from a crash
+        out.write.parquet(str(chunk_dir / "data"))
+        atomic_write(marker, json.dumps({"items": items, "run_id": run_id}))
+        generated += items
+        dt = time.perf_counter() - t0
+        log.info("chunk %d/%d: %d items in %.1f s (%.1f items/s)", k + 1, n_chunks, items, dt, items / max(dt, 1e-9))
+    paths = sorted(str(p) for p in staging.glob("chunk=*/data"))
+    staged = todo.sparkSession.read.parquet(*paths) if paths else None
+    return staged, {"plan_id": plan_id, "chunks": n_chunks, "generated": generated, "skipped": skipped}
+
+
+def _publish(spark, cfg: CmaqConfig, root: Path, tmp: Path, report: RunReport, timer) -> None:
+    """Load the cache (its pointer moves when the load verifies), then the version directory and
+    its manifest, then the Parquet pointer."""
     if cfg.pool.kv():
         with timer("kv_load"):
             report.kv = load_kv(spark, cfg, tmp / "pool", report.run_id)
     t0 = time.perf_counter()
+    version_dir = root / "versions" / report.run_id
     tmp.rename(version_dir)
     report.status, report.exit_code, report.published_version = "published", EXIT_OK, report.run_id
     report.timings["publish"] = round(time.perf_counter() - t0, 2)
     # The manifest is the version's last file; the pointer moves only after it is in place.
     atomic_write(version_dir / "manifest.json", json.dumps(asdict(report), indent=2, default=str))
     atomic_write(root / "current", report.run_id + "\n")
-    shutil.rmtree(staging, ignore_errors=True)
-    _prune(root, cfg.pool.keep_versions)
 
 
 def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str) -> dict:
-    """Load every served item of a version into the cache, verify, then move the cache's pointer.
-    Items stream through the driver (bounded memory); the sink pipelines the writes."""
-    from cmaq.pool.kv import encode_value, load_version, open_sink
+    """Load every served item of a version into the cache, verify, then move the cache's pointer."""
+    from cmaq.pool.kv import load_version, open_sink
 
     pool = spark.read.parquet(str(pool_dir))
-    per_item = (pool.groupBy("content_id")
-                .agg(F.sort_array(F.collect_list(F.struct("rank", "query", "logprob", "score_relevance"))).alias("q")))
-    expected = per_item.count()
-
-    def values():
-        for row in per_item.toLocalIterator():
-            queries = [{"rank": r["rank"], "query": r["query"], "logprob": r["logprob"],
-                        "relevance": r["score_relevance"]} for r in row["q"]]
-            yield row["content_id"], encode_value(row["content_id"], version, queries)
-
-    sample = [v for _, v in zip(range(20), values())]
+    expected = pool.select("content_id").distinct().count()
+    sample = [v for _, v in zip(range(20), kv_items(pool, version))]
     sink = open_sink(cfg.pool.kv(), cfg.pool.kv_prefix)
-    return load_version(sink, version, values(), expected, sample, keep=cfg.pool.kv_keep)
+    return load_version(sink, version, kv_items(pool, version), expected, sample, keep=cfg.pool.kv_keep,
+                        grace_s=cfg.pool.kv_grace_s)
 
 
 def STAGING_SCHEMA_SPARK():
@@ -366,15 +366,14 @@ def STAGING_SCHEMA_SPARK():
     return spark_schema(STAGING_SCHEMA)
 
 
-def _carried_keys(spark, root: Path, prev_id: str | None, keyed: DataFrame) -> DataFrame:
+def _carried_keys(keyed: DataFrame, prev_frames: dict | None) -> DataFrame:
     """Keys of input items whose current-version records were made from the same content, model,
     adapter and config: they are carried forward instead of regenerated."""
-    if prev_id is None:
+    if prev_frames is None:
         return keyed.select(*KEY).limit(0)
-    vdir = root / "versions" / prev_id
     seen = None
-    for name, schema in (("pool", POOL_SCHEMA), ("dropped", DROPPED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA)):
-        t = _table(spark, vdir / name, schema).select(*KEY).distinct()
+    for df in prev_frames.values():
+        t = df.select(*KEY)
         seen = t if seen is None else seen.unionByName(t)
     return keyed.select(*KEY).join(seen.distinct(), list(KEY), "inner")
 
@@ -389,23 +388,23 @@ def _plan_id(todo: DataFrame, n: int, versions: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _assemble(spark, staged: DataFrame | None, root: Path, prev_id: str | None, carried_keys: DataFrame) -> dict:
+def staged_frames(spark, staged: DataFrame | None) -> dict:
+    """The staged rows split into the pool / dropped / quarantine tables."""
     from cmaq.arrow_spark import empty_frame
 
-    out = {}
-    for name, schema in (("pool", POOL_SCHEMA), ("dropped", DROPPED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA)):
-        cols = schema.names
-        parts = []
-        if staged is not None:
-            parts.append(staged.filter(F.col("kind") == name)
-                         .withColumn("generated_at", (F.col("generated_at") / 1000).cast("timestamp")).select(*cols))
-        if prev_id is not None:
-            prev = _table(spark, root / "versions" / prev_id / name, schema)
-            parts.append(prev.join(carried_keys, list(KEY), "left_semi").select(*cols))
-        df = parts[0] if parts else empty_frame(spark, schema)
-        for p in parts[1:]:
-            df = df.unionByName(p)
-        out[name] = df
+    if staged is None:
+        return {name: empty_frame(spark, schema) for name, schema in TABLES}
+    return {name: staged.filter(F.col("kind") == name)
+            .withColumn("generated_at", (F.col("generated_at") / 1000).cast("timestamp")).select(*schema.names)
+            for name, schema in TABLES}
+
+
+def _assemble(spark, staged: DataFrame | None, prev_frames: dict | None, carried_keys: DataFrame) -> dict:
+    """New rows plus the previous version's rows of carried-forward items."""
+    out = staged_frames(spark, staged)
+    if prev_frames is not None:
+        out = {name: df.unionByName(prev_frames[name].join(carried_keys, list(KEY), "left_semi"))
+               for name, df in out.items()}
     return out
 
 

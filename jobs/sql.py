@@ -1,34 +1,29 @@
 """Run an analyst's SQL file against the published pool: `cmaq sql run sql/FILE.sql --pool ROOT`.
 
-Views registered: ``pool``, ``dropped``, ``quarantine`` (current version) and ``pool_previous`` (the
-version before it, empty when there is none).
+Views registered: ``pool``, ``dropped``, ``quarantine`` (current version, nearline deltas and purges
+included) and ``pool_previous`` (the version before it, empty when there is none).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from cmaq.schema import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
+from cmaq.schema import POOL_SCHEMA
 
 
 def register_views(spark, root: str | Path) -> dict:
     from cmaq.arrow_spark import empty_frame
+    from cmaq.pool.versions import current_version, read_manifest, version_frames
 
     root = Path(root)
-    pointer = root / "current"
-    if not pointer.exists():
+    run_id = current_version(root)
+    if run_id is None:
         raise FileNotFoundError(f"{root}: no published pool version (no `current` pointer)")
-    run_id = pointer.read_text().strip()
-    vdir = root / "versions" / run_id
-    manifest = json.loads((vdir / "manifest.json").read_text())
-    for name, schema in (("pool", POOL_SCHEMA), ("dropped", DROPPED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA)):
-        path = vdir / name
-        df = spark.read.parquet(str(path)) if path.exists() else empty_frame(spark, schema)
+    for name, df in version_frames(spark, root / "versions" / run_id).items():
         df.createOrReplaceTempView(name)
-    prev = manifest.get("previous_version")
-    prev_dir = root / "versions" / str(prev) / "pool"
-    (spark.read.parquet(str(prev_dir)) if prev and prev_dir.exists() else empty_frame(spark, POOL_SCHEMA)
-     ).createOrReplaceTempView("pool_previous")
+    prev = read_manifest(root, run_id).get("previous_version")
+    prev_dir = root / "versions" / str(prev)
+    (version_frames(spark, prev_dir)["pool"] if prev and (prev_dir / "manifest.json").exists()
+     else empty_frame(spark, POOL_SCHEMA)).createOrReplaceTempView("pool_previous")
     return {"version": run_id, "previous_version": prev}
 
 

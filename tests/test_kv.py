@@ -75,6 +75,38 @@ def test_old_versions_are_dropped(url):
     assert sink.versions() == ["v2", "v3"] and sink.count("v1") == 0
 
 
+def test_old_versions_stay_readable_for_the_grace_period(url):
+    import time
+
+    sink = open_sink(url)
+    for v in ("v1", "v2", "v3"):
+        report = load_version(sink, v, iter(_items(v, 20)), expected=20, sample=[], keep=2, grace_s=1)
+    assert report["retired"] == ["v1"] and sink.versions() == ["v2", "v3"]
+    assert sink.get("v1", "c00003") is not None  # a reader that resolved v1 just before still finds it
+    time.sleep(2.2)
+    load_version(sink, "v4", iter(_items("v4", 20)), expected=20, sample=[], keep=2, grace_s=1)
+    assert sink.get("v1", "c00003") is None and sink.count("v1") == 0
+    assert sink.get("v2", "c00003") is not None  # retired by this load: inside its own grace
+
+
+def test_kv_size_estimate(url):
+    from cmaq.pool.kv import estimate_size
+
+    sink = open_sink(url)
+    with pytest.raises(LookupError):
+        estimate_size(sink)
+    small = [(f"c{i:05d}", encode_value(f"c{i:05d}", "v1", [{"query": "q" * 10, "rank": 0}])) for i in range(100)]
+    load_version(sink, "v1", iter(small), expected=100, sample=[])
+    est_small = estimate_size(sink, sample=50)
+    assert est_small["items"] == 100 and est_small["sampled"] == 50
+    assert est_small["bytes_per_item_mean"] >= len(small[0][1])
+    assert est_small["two_versions_bytes"] == 2 * est_small["version_bytes"]
+    big = [(f"c{i:05d}", encode_value(f"c{i:05d}", "v2", [{"query": "q" * 400, "rank": r} for r in range(5)]))
+           for i in range(100)]
+    load_version(sink, "v2", iter(big), expected=100, sample=[])
+    assert estimate_size(sink, sample=50)["bytes_per_item_mean"] > est_small["bytes_per_item_mean"] + 1500
+
+
 def test_passwords_are_redacted():
     assert redact_url("redis://:s3cret@10.0.0.1:6379/0") == "redis://:***@10.0.0.1:6379/0"
     assert redact_url("rediss://user:pw@h:1/2") == "rediss://user:***@h:1/2"

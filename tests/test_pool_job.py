@@ -219,41 +219,60 @@ def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_p
     assert blocked.exit_code == 1 and "someone-else" in blocked.error
 
 
-def test_rollback_moves_both_pointers(spark, small_world, tmp_path):
+def _json(output: str) -> dict:
+    """The command's JSON document (Spark and pandas may print warnings around it)."""
+    return json.JSONDecoder().raw_decode(output[output.index("{"):])[0]
+
+
+def _kv_url(backend: str, tmp_path: Path, request) -> str:
+    return request.getfixturevalue("redis_url") if backend == "redis" else f"sqlite:///{tmp_path}/kv.db"
+
+
+def _served(spark, root: Path) -> pd.DataFrame:
+    """The current version's served rows as readers see them (nightly base plus deltas)."""
+    from cmaq.pool.versions import current_version, version_frames
+
+    return version_frames(spark, root / "versions" / current_version(root))["pool"].toPandas()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_rollback_moves_both_pointers(spark, small_world, tmp_path, backend, request):
     from cmaq.pool.kv import Reader
 
-    kv_url = f"sqlite:///{tmp_path}/kv.db"
+    kv_url = _kv_url(backend, tmp_path, request)
     content = pq.read_table(small_world / "content").slice(0, 20)
     first, second = tmp_path / "a.parquet", tmp_path / "b.parquet"
     pq.write_table(content, first)
     changed = content.to_pandas()
     changed["title"] = changed["title"] + " (updated)"
     changed.to_parquet(second, index=False)
-    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}", "pool.max_volume_change=1.0"]
-    cfg = load_config(None, opts)
-    v1 = build_pool(spark, cfg, str(first)).run_id
+    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}", f"pool.kv_prefix=rb{backend}",
+            "pool.max_volume_change=1.0"]
+    v1 = build_pool(spark, load_config(None, opts), str(first)).run_id
     v2 = build_pool(spark, load_config(None, opts), str(second)).run_id
-    assert Reader(kv_url).get("c000000000").version == v2
+    reader = Reader(kv_url, f"rb{backend}")
+    assert reader.get("c000000000").version == v2
     args = [*sum([["--set", o] for o in opts], []), "pool", "rollback"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pool" / "current").read_text().strip() == v1
-    assert Reader(kv_url).get("c000000000").version == v1
+    assert reader.get("c000000000").version == v1
     again = CliRunner().invoke(cli, [*args, "--to", v1])
     assert again.exit_code == 2 and "already the current version" in again.output
 
 
-def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_path, backend, request):
     from cmaq.pool.kv import Reader
 
-    kv_url = f"sqlite:///{tmp_path}/kv.db"
+    kv_url = _kv_url(backend, tmp_path, request)
     content = pq.read_table(small_world / "content").slice(0, 20)
     path = tmp_path / "a.parquet"
     pq.write_table(content, path)
-    opts = [DOUBLE, f"pool.root={tmp_path / 'pool'}", f"pool.kv_url={kv_url}"]
+    root = tmp_path / "pool"
+    opts = [DOUBLE, f"pool.root={root}", f"pool.kv_url={kv_url}", f"pool.kv_prefix=pg{backend}"]
     build_pool(spark, load_config(None, opts), str(path))
-    vdir, _ = _version(tmp_path / "pool")
-    before = pq.read_table(vdir / "pool").to_pandas()
+    before = _served(spark, root)
     victim = before.content_id.iloc[0]
     term = "parking"
     assert before["query"].str.contains(term).any()
@@ -261,11 +280,68 @@ def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
-    after = pq.read_table(vdir / "pool").to_pandas()
+    after = _served(spark, root)
     assert victim not in set(after.content_id) and not after["query"].str.contains(term).any()
-    assert len(after) == len(before) - record["queries_removed"]
-    assert not Reader(kv_url).get(victim).hit
+    assert len(after) == len(before) - record["queries_removed"] > 0
+    reader = Reader(kv_url, f"pg{backend}")
+    assert not reader.get(victim).hit
     for cid in set(before[before["query"].str.contains(term)].content_id) - {victim}:
-        hit = Reader(kv_url).get(cid)
-        assert all(term not in q["query"] for q in hit.queries)
-    assert (tmp_path / "pool" / "runs" / f"{record['op_id']}.json").exists()
+        hit = reader.get(cid)
+        assert hit.hit and all(term not in q["query"] for q in hit.queries)
+    assert (root / "runs" / f"{record['op_id']}.json").exists()
+    # the takedown is on record and survives the next nightly, which carries every item forward
+    nightly = build_pool(spark, load_config(None, opts), str(path))
+    assert nightly.exit_code == EXIT_OK and nightly.counts["generated"] == 0
+    assert not _served(spark, root)["query"].str.contains(term).any()
+    assert victim not in set(_served(spark, root).content_id)
+    assert nightly.counts["dropped_by_reason"]["purged"] == record["queries_removed"]
+
+
+def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_world, tmp_path, request):
+    from cmaq.pool.kv import Reader
+
+    kv_url = request.getfixturevalue("redis_url")
+    content = pq.read_table(small_world / "content").slice(0, 200).to_pandas()
+    root = tmp_path / "pool"
+    opts = [DOUBLE, f"pool.root={root}", f"pool.kv_url={kv_url}", "pool.kv_prefix=nl"]
+    path = tmp_path / "content.parquet"
+    content.to_parquet(path, index=False)
+    nightly = build_pool(spark, load_config(None, opts), str(path))
+    assert nightly.exit_code == EXIT_OK, nightly.error
+    later = content["updated_at"].max() + pd.Timedelta(hours=1)
+    new = content.iloc[:2].copy()  # 1% new
+    new["content_id"] = ["n-000001", "n-000002"]
+    changed_ids = content.content_id.iloc[10:12].tolist()  # 1% changed
+    touched_ids = content.content_id.iloc[20:22].tolist()  # timestamp bumped, prompt fields the same
+    content.loc[content.content_id.isin(changed_ids), "shop_name"] = "Harbour Lights Bistro"
+    content.loc[content.content_id.isin(changed_ids + touched_ids), "updated_at"] = later
+    new["updated_at"] = later
+    pd.concat([content, new]).to_parquet(path, index=False)
+
+    args = [*sum([["--set", o] for o in opts], []), "pool", "refresh", "--content", str(path)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    out = _json(result.output)
+    assert out["counts"] == {"candidates": 6, "new": 2, "changed": 2, "unchanged": 2, "generated": 4}
+    assert out["delta"]["items"] == 4 and out["version"] == nightly.run_id
+    reader = Reader(kv_url, "nl")
+    served = _served(spark, root)
+    for cid in ["n-000001", "n-000002", *changed_ids]:
+        hit = reader.get(cid)
+        assert hit.hit and hit.version == nightly.run_id
+        rows = served[served.content_id == cid].sort_values("rank")
+        assert [q["query"] for q in hit.queries] == rows["query"].tolist()
+    assert served[served.content_id.isin(changed_ids)]["query"].str.contains("Harbour Lights").any()
+    assert served.content_id.nunique() == nightly.counts["pool_items"] + 2
+    assert not served.duplicated(["content_id", "query"]).any()
+    # the watermark advanced: a second refresh finds nothing
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and _json(again.output)["status"] == "nothing_to_do"
+    # the next nightly agrees with what the refresh made: everything is carried forward
+    next_night = build_pool(spark, load_config(None, opts), str(path))
+    assert next_night.counts["read"] == 202 and next_night.counts["generated"] == 0, next_night.counts
+    # a refresh may not mix settings into a version made with others
+    from jobs.nearline import refresh
+
+    mixed = refresh(spark, load_config(None, [*opts, "filters.lexical.max_words=9"]), str(path))
+    assert mixed.exit_code == 1 and "run the nightly" in mixed.error

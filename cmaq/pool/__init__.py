@@ -1,8 +1,10 @@
 """Serving the pool: key-value sinks and the reader (``kv``), operator actions (``ops``)."""
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -11,3 +13,15 @@ def atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_record(root: Path, op_id: str, record: dict) -> None:
+    """Every job and operator action leaves ``runs/<op_id>.json``, published or not."""
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    atomic_write(root / "runs" / f"{op_id}.json", json.dumps(record, indent=2, default=str))
+
+
+def new_op_id(tag: str = "") -> str:
+    """A run or operation id: sortable by time, unique across concurrent attempts."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{tag + '-' if tag else ''}{uuid.uuid4().hex[:6]}"

@@ -46,7 +46,8 @@ class KVSink(Protocol):
     def pointer(self) -> str | None: ...
     def set_pointer(self, version: str) -> None: ...
     def versions(self) -> list[str]: ...
-    def delete_version(self, version: str) -> None: ...
+    def retire_version(self, version: str, grace_s: float) -> None: ...
+    def item_sizes(self, version: str, n: int) -> list[int]: ...
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None: ...
     def release(self, name: str, owner: str) -> None: ...
     def delete_items(self, version: str, content_ids: Iterable[str]) -> None: ...
@@ -72,12 +73,15 @@ class SQLiteSink:
             con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
             con.execute("CREATE TABLE IF NOT EXISTS versions (prefix TEXT, version TEXT, created REAL,"
                         " PRIMARY KEY (prefix, version))")
+            con.execute("CREATE TABLE IF NOT EXISTS retired (prefix TEXT, version TEXT, expires REAL,"
+                        " PRIMARY KEY (prefix, version))")
 
     def _conn(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
     def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int:
         n = 0
+        self._sweep()
         con = self._conn()
         try:
             con.execute("INSERT OR IGNORE INTO versions VALUES (?, ?, ?)", (self.prefix, version, time.time()))
@@ -179,15 +183,42 @@ class SQLiteSink:
         finally:
             con.close()
 
-    def delete_version(self, version: str) -> None:
+    def retire_version(self, version: str, grace_s: float) -> None:
+        """Take the version out of the list at once; its rows go at the first write after the grace."""
         con = self._conn()
         try:
             con.execute("BEGIN")
-            con.execute("DELETE FROM kv WHERE prefix = ? AND version = ?", (self.prefix, version))
             con.execute("DELETE FROM versions WHERE prefix = ? AND version = ?", (self.prefix, version))
+            con.execute("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", (self.prefix, version, time.time() + grace_s))
             con.execute("COMMIT")
         finally:
             con.close()
+        if grace_s <= 0:
+            self._sweep()
+
+    def _sweep(self) -> None:
+        con = self._conn()
+        try:
+            expired = [r[0] for r in con.execute("SELECT version FROM retired WHERE prefix = ? AND expires <= ?",
+                                                 (self.prefix, time.time())).fetchall()]
+            for version in expired:
+                con.execute("BEGIN")
+                con.execute("DELETE FROM kv WHERE prefix = ? AND version = ?", (self.prefix, version))
+                con.execute("DELETE FROM retired WHERE prefix = ? AND version = ?", (self.prefix, version))
+                con.execute("COMMIT")
+        finally:
+            con.close()
+
+    def item_sizes(self, version: str, n: int) -> list[int]:
+        """Stored bytes (key + value) of up to ``n`` items: SQLite adds a few bytes per row and the
+        primary-key index on top, so treat it as a lower bound."""
+        con = self._conn()
+        try:
+            rows = con.execute("SELECT length(prefix) + length(version) + length(content_id) + length(value) FROM kv"
+                               " WHERE prefix = ? AND version = ? LIMIT ?", (self.prefix, version, n)).fetchall()
+        finally:
+            con.close()
+        return [int(r[0]) for r in rows]
 
 
 # --------------------------------------------------------------------------- Redis
@@ -261,16 +292,32 @@ class RedisSink:
         # Delete only our own lease: compare and delete in one server-side step.
         self.client.eval(self._RELEASE, 1, f"{self.prefix}:lease:{name}", owner)
 
-    def delete_version(self, version: str) -> None:
-        batch: list[bytes] = []
-        for key in self._scan(version):
-            batch.append(key)
-            if len(batch) >= self.batch:
-                self.client.unlink(*batch)  # UNLINK frees memory in the background
-                batch.clear()
-        if batch:
-            self.client.unlink(*batch)
+    def retire_version(self, version: str, grace_s: float) -> None:
+        """Out of the list at once; its keys expire after the grace (UNLINK at once when it is 0:
+        UNLINK frees the memory in the background instead of blocking the server)."""
         self.client.zrem(f"{self.prefix}:versions", version)
+        pipe = self.client.pipeline(transaction=False)
+        pending = 0
+        for key in self._scan(version):
+            if grace_s > 0:
+                pipe.expire(key, max(1, int(grace_s)))
+            else:
+                pipe.unlink(key)
+            pending += 1
+            if pending >= self.batch:
+                pipe.execute()
+                pending = 0
+        if pending:
+            pipe.execute()
+
+    def item_sizes(self, version: str, n: int) -> list[int]:
+        """MEMORY USAGE of up to ``n`` of the version's keys: what the server really spends per item,
+        key, value and allocator overhead included."""
+        keys = [k for _, k in zip(range(n), self._scan(version))]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+        return [int(v) for v in pipe.execute() if v is not None]
 
 
 def open_sink(url: str, prefix: str = "cmaq") -> KVSink:
@@ -336,9 +383,10 @@ class Reader:
 
 
 def load_version(sink: KVSink, version: str, items: Iterable[tuple[str, bytes]], expected: int,
-                 sample: list[tuple[str, bytes]], keep: int = 2) -> dict:
+                 sample: list[tuple[str, bytes]], keep: int = 2, grace_s: float = 0.0) -> dict:
     """Load a complete version, verify it (count and a sample read back), then move the pointer and
-    drop versions beyond the newest ``keep``. Raises before touching the pointer if verification fails."""
+    retire versions beyond the newest ``keep`` (readable for ``grace_s`` more seconds). Raises before
+    touching the pointer if verification fails."""
     t0 = time.perf_counter()
     written = sink.write(version, items)
     stored = sink.count(version)
@@ -352,7 +400,38 @@ def load_version(sink: KVSink, version: str, items: Iterable[tuple[str, bytes]],
     removed = []
     for old in sink.versions()[:-keep]:
         if old not in (version, previous):
-            sink.delete_version(old)
+            sink.retire_version(old, grace_s)
             removed.append(old)
-    return {"version": version, "items": stored, "previous": previous, "removed": removed,
+    return {"version": version, "items": stored, "previous": previous, "retired": removed, "grace_s": grace_s,
             "seconds": round(time.perf_counter() - t0, 2), "url": redact_url(sink.url)}
+
+
+def writer_lease(pool_cfg, owner: str):
+    """The pool's single-writer lease for ``owner``, held in the configured cache (a no-op context
+    when the cache is disabled: then the Parquet pointer is the only shared state)."""
+    from contextlib import nullcontext
+
+    url = pool_cfg.kv()
+    if not url:
+        return nullcontext()
+    return Lease(open_sink(url, pool_cfg.kv_prefix), owner, pool_cfg.lease_ttl_s)
+
+
+def estimate_size(sink: KVSink, sample: int = 200, version: str | None = None) -> dict:
+    """Memory per item and for two versions (the current one and the next, during a load), from a
+    sample of the version's items."""
+    import statistics
+
+    version = version or sink.pointer()
+    if version is None:
+        raise LookupError("the cache has no current version yet")
+    items = sink.count(version)
+    sizes = sorted(sink.item_sizes(version, sample))
+    if not sizes:
+        raise LookupError(f"version {version} has no items in the cache")
+    mean = statistics.fmean(sizes)
+    method = "redis MEMORY USAGE" if isinstance(sink, RedisSink) else "sqlite stored bytes (lower bound)"
+    return {"version": version, "items": items, "sampled": len(sizes), "method": method,
+            "bytes_per_item_mean": round(mean, 1), "bytes_per_item_p95": sizes[int(0.95 * (len(sizes) - 1))],
+            "version_bytes": int(mean * items), "two_versions_bytes": int(2 * mean * items),
+            "url": redact_url(sink.url)}

@@ -23,9 +23,12 @@ SPLIT_SALT = "cmaq-content-split-v1"
 
 
 def read_table(spark: SparkSession, path_or_table: str) -> DataFrame:
-    """A Parquet path (file or directory) or a catalog table name."""
+    """A Parquet path (file or directory) or a catalog table name, as it is now: a long-lived session
+    (nearline after nightly, tests) must not be served an earlier read of the same path from its cache."""
     if "/" in path_or_table or path_or_table.endswith(".parquet"):
+        spark.catalog.refreshByPath(path_or_table)
         return spark.read.parquet(path_or_table)
+    spark.catalog.refreshTable(path_or_table)
     return spark.table(path_or_table)
 
 
@@ -131,24 +134,14 @@ def apply_filter_chain(df: DataFrame, filters_cfg: FiltersConfig, chain: str = "
     schema = StructType([*df.schema.fields, StructField("keep", BooleanType()), StructField("reason", StringType())])
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        fc = _chain(filters_cfg, chain)
+        from filters.chain import shared_chain
+
+        fc = shared_chain(filters_cfg, chain)
         for rb in batches:
             out = fc.run(rb).table
             yield from out.select([*cols, "keep", "reason"]).to_batches()
 
     return df.mapInArrow(run, schema)
-
-
-_CHAINS: dict = {}
-
-
-def _chain(cfg: FiltersConfig, which: str):
-    from filters.chain import FilterChain
-
-    key = (which, repr(cfg))
-    if key not in _CHAINS:
-        _CHAINS[key] = FilterChain.serving(cfg) if which == "serving" else FilterChain.training(cfg)
-    return _CHAINS[key]
 
 
 def with_fields(df: DataFrame, *fields: tuple[str, object]) -> StructType:
