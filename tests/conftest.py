@@ -97,27 +97,10 @@ def spark():
 @pytest.fixture(scope="session")
 def redis_url():
     import shutil
-    import socket
-    import subprocess
-    import time
 
-    server = shutil.which("redis-server")
-    if server is None:
+    from cmaq.pool.local_redis import local_redis
+
+    if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--requirepass", "test-secret"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://:test-secret@127.0.0.1:{port}/0"
-    import redis
-
-    for _ in range(100):
-        try:
-            redis.Redis.from_url(url).ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with local_redis(password="test-secret") as url:
+        yield url

@@ -213,6 +213,11 @@ def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_p
     assert [q["query"] for q in got["queries"]] == served[served.content_id == cid].sort_values("rank")["query"].tolist()
     miss = CliRunner().invoke(cli, [*args, "no-such-note"])
     assert miss.exit_code == 4 and "miss" in miss.output
+    size = CliRunner().invoke(cli, [*args[:-1], "kv-size", "--sample", "10"])
+    assert size.exit_code == 0, size.output
+    figures = _json(size.output)
+    assert figures["items"] == report.counts["pool_items"] and figures["sampled"] == 10
+    assert figures["bytes_per_item_mean"] > 100 and "test-secret" not in size.output
     # a second writer is refused while the lease is held
     with Lease(open_sink(kv_url, f"t{backend}"), "someone-else", ttl_s=60):
         blocked = build_pool(spark, load_config(None, opts), str(path))

@@ -37,17 +37,21 @@ def committed_deltas(vdir: Path) -> list[Path]:
                   and (p / DELTA_MANIFEST).exists())
 
 
-def _table(spark, path: Path, schema):
-    from cmaq.arrow_spark import empty_frame
+def read_pool_table(spark, path: Path, schema):
+    """One of a version's tables. The schema is given, not inferred: a table with no rows (a delta
+    without quarantined items) may hold no Parquet file to infer it from."""
+    from cmaq.arrow_spark import empty_frame, spark_schema
 
-    return spark.read.parquet(str(path)) if path.exists() else empty_frame(spark, schema)
+    if not path.exists():
+        return empty_frame(spark, schema)
+    return spark.read.schema(spark_schema(schema)).parquet(str(path)).select(*schema.names)
 
 
 def version_frames(spark, vdir: Path) -> dict:
     """The effective ``pool`` / ``dropped`` / ``quarantine`` DataFrames of a version directory."""
-    frames = {name: _table(spark, vdir / name, schema).select(*schema.names) for name, schema in TABLES}
+    frames = {name: read_pool_table(spark, vdir / name, schema) for name, schema in TABLES}
     for delta in committed_deltas(vdir):
-        parts = {name: _table(spark, delta / name, schema).select(*schema.names) for name, schema in TABLES}
+        parts = {name: read_pool_table(spark, delta / name, schema) for name, schema in TABLES}
         named = None
         for df in parts.values():
             ids = df.select("content_id")
