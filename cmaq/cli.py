@@ -44,8 +44,8 @@ def _config(ctx: click.Context, extra: list[str] | tuple[str, ...] = ()) -> Cmaq
 def main(ctx: click.Context, config_path: str | None, overrides: tuple[str, ...], verbose: bool) -> None:
     """cmaq: consistent multi-objective aligned related-search query generation.
 
-    Generate a synthetic platform (`world`), inspect the configuration (`config`); later
-    releases add data builders, training, the Spark pool job and serving commands.
+    A synthetic platform (`world`), training data (`data`), reward models (`train`, `score`),
+    the recall pool and its cache (`pool`), analyst SQL (`sql`), the configuration (`config`).
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -334,3 +334,69 @@ def sql_run(sql_file: str, pool_root: str, csv_out: str | None, limit: int) -> N
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+# --------------------------------------------------------------------------- training and scoring
+
+
+@main.group()
+def train() -> None:
+    """Train the reward models (and, later, the policy)."""
+
+
+def _train_rm(ctx: click.Context, kind: str, data: str, world: str | None, out: str | None) -> None:
+    section = "rm_exp" if kind == "exp" else "rm_ctr"
+    cfg = _config(ctx, [f"{section}.out={json.dumps(out)}"] if out else [])
+    from training.reward_models.train import train_ctr, train_expansion
+
+    fn = train_expansion if kind == "exp" else train_ctr
+    try:
+        metrics = fn(getattr(cfg, section), data, world)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    metrics.pop("loss_curve", None)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@train.command("rm-exp")
+@click.option("--data", required=True, help="Expansion labels (Parquet from `cmaq data expansion`).")
+@click.option("--world", default=None, type=click.Path(exists=True, file_okay=False),
+              help="World directory: also measure agreement with its oracle on held-out items.")
+@click.option("--out", default=None, help="Output directory (rm_exp.out).")
+@click.pass_context
+def train_rm_exp(ctx: click.Context, data: str, world: str | None, out: str | None) -> None:
+    """Expansion reward model: LoRA on the base LM, trained to answer 1 or 0 after the expansion prompt."""
+    _train_rm(ctx, "exp", data, world, out)
+
+
+@train.command("rm-ctr")
+@click.option("--data", required=True, help="CTR pairs (Parquet from `cmaq data ctr-pairs`).")
+@click.option("--world", default=None, type=click.Path(exists=True, file_okay=False),
+              help="World directory: also measure agreement with its oracle on held-out items.")
+@click.option("--out", default=None, help="Output directory (rm_ctr.out).")
+@click.pass_context
+def train_rm_ctr(ctx: click.Context, data: str, world: str | None, out: str | None) -> None:
+    """CTR reward model: LoRA plus a scalar head, trained with the pairwise BPR loss on CTR pairs."""
+    _train_rm(ctx, "ctr", data, world, out)
+
+
+@main.command("score")
+@click.option("--pool", "pool_root", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Pool root; its current version is scored.")
+@click.option("--content", required=True, help="Content Parquet the pool was built from (prompts need the text).")
+@click.option("--rm-exp", "exp_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--rm-ctr", "ctr_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, help="Output Parquet: the pool's rows plus r_exp, r_ctr_raw, r_ctr.")
+@click.option("--normalisation", type=click.Choice(["sigmoid", "minmax"]), default="sigmoid", show_default=True)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
+def score(pool_root: str, content: str, exp_dir: str, ctr_dir: str, out: str, normalisation: str,
+          batch_size: int) -> None:
+    """Add both reward models' scores to the current pool version, for analysis."""
+    from cmaq.rewards import RewardScorer, score_pool
+
+    try:
+        scorer = RewardScorer(exp_dir, ctr_dir, batch_size=batch_size, normalisation=normalisation)
+        summary = score_pool(scorer, pool_root, content, out)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(summary, indent=2))

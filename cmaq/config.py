@@ -355,6 +355,42 @@ class PoolConfig:
 
 
 @dataclass
+class RewardModelConfig:
+    """One reward model's training (training/reward_models; `cmaq train rm-exp` / `rm-ctr`).
+    Defaults suit the tiny test backbone on a CPU; for a real 0.5B-7B base use lr 1e-4 and r 16-64."""
+
+    model_dir: str = _help("Base model directory (HF format). Empty: the project's tiny model.", default="")
+    out: str = _help("Output directory: adapter (+ head), tokenizer, cmaq_rm.json, metrics.json, checkpoint/. "
+                     "Empty: runs/rm-exp or runs/rm-ctr.", default="")
+    lora_r: int = _help("LoRA rank on every attention and MLP projection.", default=32)
+    lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=64)
+    lora_dropout: float = _help("LoRA dropout.", default=0.0)
+    lr: float = _help("Peak learning rate (AdamW, linear warm-up then cosine decay).", default=2e-3)
+    warmup_steps: int = _help("Warm-up steps (capped at a tenth of the run).", default=30)
+    epochs: float = _help("Passes over the training examples (fractions allowed).", default=3.0)
+    batch_size: int = _help("Examples per step (pairs for the CTR RM).", default=16)
+    eval_batch_size: int = _help("Examples per forward pass when scoring.", default=64)
+    max_len: int = _help("Most tokens per input; the note body is cut to fit, the query never. Inputs that "
+                         "cannot fit even without a body are skipped and counted.", default=512)
+    max_train_examples: int = _help("Use at most this many training examples (0: all).", default=0)
+    checkpoint_every: int = _help("Steps between checkpoints (a killed run resumes from the last one).",
+                                  default=100)
+    seed: int = _help("Seed for initialisation and data order.", default=0)
+    normalisation: str = _help("CTR RM only: 'sigmoid' or 'minmax' (per content) to map r_ctr into [0, 1].",
+                               default="sigmoid")
+
+    def __post_init__(self) -> None:
+        _require(self.lora_r >= 1, "rm.lora_r", "must be >= 1")
+        _require(0.0 <= self.lora_dropout < 1.0, "rm.lora_dropout", "must be in [0, 1)")
+        _require(self.lr > 0, "rm.lr", "must be > 0")
+        _require(self.epochs > 0, "rm.epochs", "must be > 0")
+        _require(self.batch_size >= 1 and self.eval_batch_size >= 1, "rm.batch_size", "must be >= 1")
+        _require(self.max_len >= 64, "rm.max_len", "must be >= 64")
+        _require(self.checkpoint_every >= 1, "rm.checkpoint_every", "must be >= 1")
+        _require(self.normalisation in ("sigmoid", "minmax"), "rm.normalisation", "must be 'sigmoid' or 'minmax'")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
@@ -364,6 +400,10 @@ class CmaqConfig:
                                  default_factory=EngineConfig)
     data: DataConfig = _help("Training-data builders.", default_factory=DataConfig)
     pool: PoolConfig = _help("Recall-pool job.", default_factory=PoolConfig)
+    rm_exp: RewardModelConfig = _help("Expansion reward model (answers 1 or 0).",
+                                      default_factory=RewardModelConfig)
+    rm_ctr: RewardModelConfig = _help("CTR reward model (scalar head, BPR loss on CTR pairs).",
+                                      default_factory=RewardModelConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -97,3 +97,11 @@ def expansion_prompt(item: Mapping, query: str, tokenizer, limits: PromptLimits)
     tail = f"{q_label}: {_clean(query)}\n{'Answer' if lang == 'en' else '回答'}:"
     return _fit(item, tokenizer, limits,
                 lambda body: _render(tokenizer, EXP_INSTRUCTION[lang], _note_block(item, body, limits), tail))
+
+
+def ctr_input(item: Mapping, query: str, tokenizer, limits: PromptLimits) -> str:
+    """What the CTR reward model reads: title, shop (name and info), the note and the query, last,
+    so the score is read where the whole input has been seen and no cut ever removes the query."""
+    lang = _lang(item)
+    tail = f"{LABELS[lang][3]}: {_clean(query)}"
+    return _fit(item, tokenizer, limits, lambda body: f"{_note_block(item, body, limits)}\n{tail}")

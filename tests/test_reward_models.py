@@ -1,0 +1,174 @@
+"""Reward models on the tiny backbone: the losses (against hand values and TRL), the reward math,
+training from the world's data with checkpoints and resume, and the batch scorer."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cmaq.cli import main as cli
+from cmaq.config import RewardModelConfig
+from cmaq.losses import answer_nll, bpr_loss
+from cmaq.rewards import RewardScorer, combine, normalise_ctr
+
+ITEM = {"content_id": "c1", "lang": "en", "title": "Noodle house on Gulou", "body": "Rich broth, hand-pulled noodles.",
+        "shop_name": "Lao Wang Noodles", "shop_info": "Dongcheng · 10:00-22:00"}
+
+
+def test_bpr_loss_by_hand():
+    r_plus, r_minus = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
+    expected = np.mean([math.log(1 + math.exp(-d)) for d in (1.0, 0.0, -2.0)])
+    assert float(bpr_loss(r_plus, r_minus)) == pytest.approx(expected, rel=1e-6)
+    margin = torch.tensor([0.5, 0.0, 0.0])
+    expected_m = np.mean([math.log(1 + math.exp(-d)) for d in (0.5, 0.0, -2.0)])
+    assert float(bpr_loss(r_plus, r_minus, margin)) == pytest.approx(expected_m, rel=1e-6)
+
+
+def test_answer_nll_by_hand():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 2])
+    z0 = math.log(math.exp(2) + 1 + math.exp(-1))
+    expected = ((z0 - 2.0) + math.log(3)) / 2
+    assert float(answer_nll(logits, targets)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_normalise_and_combine():
+    raw = [0.0, 2.0, -2.0, 5.0, 5.0]
+    assert normalise_ctr(raw)[:3] == pytest.approx([0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))])
+    mm = normalise_ctr(raw, "minmax", groups=["a", "a", "a", "b", "b"])
+    assert mm.tolist() == [0.5, 1.0, 0.0, 0.5, 0.5]
+    with pytest.raises(ValueError, match="groups"):
+        normalise_ctr(raw, "minmax")
+    with pytest.raises(ValueError, match="unknown"):
+        normalise_ctr(raw, "softmax")
+    assert combine([0.25], [1.0], 0.5)[0] == pytest.approx(0.5)
+    assert combine([0.25], [1.0], 0.5, "arithmetic")[0] == pytest.approx(0.625)
+    assert combine([0.0], [1.0], 0.2)[0] == 0.0  # the geometric mean vetoes a zero on either side
+    assert combine([0.9], [0.4], 0.8)[0] > combine([0.9], [0.4], 0.2)[0]  # larger alpha: expansion counts more
+    with pytest.raises(ValueError):
+        combine([0.5], [0.5], 1.5)
+
+
+def test_bpr_loss_equals_trl_reward_trainer(tiny_model, tmp_path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from training.reward_models.models import CtrRM, base_model, pad_batch, tokenizer_of
+
+    tok = tokenizer_of(tiny_model)
+    torch.manual_seed(0)
+    model = base_model("ctr", tiny_model)
+    trainer = RewardTrainer(model=model, processing_class=tok,
+                            args=RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True,
+                                              center_rewards_coefficient=None),
+                            train_dataset=Dataset.from_list([{"chosen": "a", "rejected": "b"}] * 2))
+    rm = CtrRM(model, tok, 128)
+    plus = [rm.encode(ITEM, q) for q in ["opening hours", "parking nearby", "best dumplings in Dongcheng"]]
+    minus = [rm.encode(ITEM, q) for q in ["Lao Wang Noodles", "noodle", "weather"]]
+    ids, mask, _ = pad_batch(plus + minus, tok.pad_token_id)
+    model.train()
+    ours = bpr_loss(*rm.rewards(plus + minus).split(3))
+    theirs = trainer.compute_loss(model, {"input_ids": ids, "attention_mask": mask})
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6, abs=1e-7)
+    assert float(ours) > 0
+
+
+@pytest.fixture(scope="module")
+def rm_data(spark, small_world, tmp_path_factory):
+    from cmaq.config import load_config
+    from training.data.builders import run
+
+    out = tmp_path_factory.mktemp("rm-data")
+    cfg = load_config(None, [])
+    for kind in ("expansion", "ctr-pairs"):
+        run(kind, cfg, str(small_world), str(out), spark)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(rm_data, small_world, tmp_path_factory):
+    from training.reward_models.train import train_ctr, train_expansion
+
+    out = tmp_path_factory.mktemp("rms")
+    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=2, checkpoint_every=40),
+                          str(rm_data / "expansion"), str(small_world))
+    ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=3, checkpoint_every=40),
+                    str(rm_data / "ctr_pairs"), str(small_world))
+    return out, exp, ctr
+
+
+def test_reward_models_learn(trained):
+    out, exp, ctr = trained
+    # Above chance on held-out data (the full-size figures are in the closing note and the README).
+    assert exp["test_accuracy"] > max(exp["test_positive_rate"], 1 - exp["test_positive_rate"]) + 0.03, exp
+    assert ctr["test_pair_accuracy"] >= 0.7, ctr
+    assert exp["loss_last20"] < exp["loss_first"] and ctr["loss_last20"] < ctr["loss_first"]
+    assert exp["oracle"]["mean_spearman"] > 0.2 and ctr["oracle"]["mean_spearman"] > 0.2
+    for kind in ("exp", "ctr"):
+        saved = json.loads((out / kind / "metrics.json").read_text())
+        assert saved["steps"] == len(saved["loss_curve"]) and not (out / kind / "checkpoint").exists()
+
+
+def test_scorer_is_deterministic_and_batch_invariant(trained, small_world):
+    import pyarrow.parquet as pq
+
+    out, _, _ = trained
+    truth = pq.read_table(small_world / "truth" / "grammar").slice(0, 40).to_pylist()
+    content = {r["content_id"]: r for r in pq.read_table(small_world / "content").to_pylist()}
+    items, queries = [content[r["content_id"]] for r in truth], [r["query"] for r in truth]
+    one = RewardScorer(str(out / "exp"), str(out / "ctr"), batch_size=1).score(items, queries)
+    big = RewardScorer(str(out / "exp"), str(out / "ctr"), batch_size=32).score(items, queries)
+    again = RewardScorer(str(out / "exp"), str(out / "ctr"), batch_size=32).score(items, queries)
+    np.testing.assert_allclose(one.r_exp, big.r_exp, atol=1e-5)
+    np.testing.assert_allclose(one.r_ctr_raw, big.r_ctr_raw, atol=1e-4)
+    np.testing.assert_array_equal(big.r_exp, again.r_exp)
+    assert ((big.r_exp >= 0) & (big.r_exp <= 1)).all() and ((big.r_ctr >= 0) & (big.r_ctr <= 1)).all()
+    assert big.r_exp.std() > 0 and big.r_ctr_raw.std() > 0
+
+
+def test_training_resumes_from_a_checkpoint(tiny_model, tmp_path):
+    """A run killed after its first checkpoint, resumed, ends with the same weights as one never killed."""
+    from peft import get_peft_model
+
+    from training.reward_models.loop import train
+    from training.reward_models.models import ExpansionRM, base_model, lora_config, tokenizer_of
+
+    cfg = RewardModelConfig(epochs=1, batch_size=4, checkpoint_every=3, lr=1e-3)
+    queries = ["opening hours", "Lao Wang Noodles", "parking", "noodle", "best dumplings", "the weather",
+               "booking", "menu", "late night snacks", "Gulou", "subway", "hotel nearby"] * 2
+
+    def run(out, crash_at=None):
+        torch.manual_seed(0)
+        tok = tokenizer_of(tiny_model)
+        model = get_peft_model(base_model("expansion", tiny_model), lora_config("expansion", 4, 8, 0.0))
+        rm = ExpansionRM(model, tok, 256)
+        seqs = [rm.encode(ITEM, q) for q in queries]
+        targets = torch.tensor([rm.id1 if i % 2 == 0 else rm.id0 for i in range(len(queries))])
+        calls = []
+
+        def step_loss(idx):
+            calls.append(idx)
+            if crash_at is not None and len(calls) > crash_at:
+                raise KeyboardInterrupt("killed")
+            return answer_nll(rm.answer_logits([seqs[i] for i in idx]), targets[idx])
+
+        metrics = train(model, len(seqs), step_loss, cfg, out, lambda: {}, "test")
+        return model, metrics
+
+    clean, clean_metrics = run(tmp_path / "clean")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "killed", crash_at=4)
+    assert (tmp_path / "killed" / "checkpoint" / "state.pt").exists()
+    resumed, metrics = run(tmp_path / "killed")
+    assert metrics["resumed_at"] == 3 and metrics["steps"] == clean_metrics["steps"] == 6
+    assert metrics["loss_curve"] == pytest.approx(clean_metrics["loss_curve"], abs=1e-5)
+    a = {k: v for k, v in clean.state_dict().items() if "lora" in k}
+    b = {k: v for k, v in resumed.state_dict().items() if "lora" in k}
+    assert a and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_train_command_bad_input(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "rm-exp", "--data", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no such data" in result.output

@@ -1,0 +1,189 @@
+"""The two reward models: how each turns (content, query) into tensors, builds its trainable model,
+scores without gradients, and is saved and loaded (base model + LoRA adapter + ``cmaq_rm.json``).
+
+Expansion RM: a causal LM; the answer is the next token after the expansion prompt, "1" or "0";
+r_exp = p("1") / (p("0") + p("1")) at that position.
+CTR RM: the same backbone with a scalar head on the last token of title + shop + note + query.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+META = "cmaq_rm.json"
+ANSWERS = ("0", "1")
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _limits(max_len: int, extra: int):
+    from cmaq.prompts import PromptLimits
+
+    return PromptLimits(max_prompt_tokens=max_len - extra)
+
+
+def answer_ids(tokenizer) -> tuple[int, int]:
+    """Token ids of "0" and "1"; each must be one token or the RM cannot read its answer."""
+    ids = []
+    for a in ANSWERS:
+        enc = tokenizer(a, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1:
+            raise ValueError(f"the tokenizer splits {a!r} into {len(enc)} tokens; the expansion RM needs one")
+        ids.append(enc[0])
+    return ids[0], ids[1]
+
+
+def pad_batch(seqs: Sequence[list[int]], pad_id: int):
+    """Right-padded input_ids, attention_mask and each sequence's last index (LongTensor [B])."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    last = mask.sum(1) - 1
+    return ids, mask, last
+
+
+class ExpansionRM:
+    """Encodes expansion prompts and reads the answer logits."""
+
+    kind = "expansion"
+
+    def __init__(self, model, tokenizer, max_len: int):
+        self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
+        self.id0, self.id1 = answer_ids(tokenizer)
+
+    def encode(self, item, query: str) -> list[int]:
+        from cmaq.prompts import expansion_prompt
+
+        prompt = expansion_prompt(item, query, self.tokenizer, _limits(self.max_len, 1))
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def answer_logits(self, seqs: Sequence[list[int]]):
+        """Logits [B, V] at each prompt's last position: the distribution of the answer token."""
+        import torch
+
+        ids, mask, last = pad_batch(seqs, self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
+        return out.logits[torch.arange(len(seqs), device=device), last.to(device)].float()
+
+    def p_one(self, logits):
+        """r_exp from answer logits [B, V]: softmax over the two answer tokens only."""
+        import torch
+
+        pair = torch.stack([logits[:, self.id0], logits[:, self.id1]], dim=1)
+        return torch.softmax(pair, dim=1)[:, 1]
+
+    def score(self, items, queries, batch_size: int = 32) -> np.ndarray:
+        return _batched(self, items, queries, batch_size, lambda seqs: self.p_one(self.answer_logits(seqs)))
+
+
+class CtrRM:
+    """Encodes title + shop + note + query and reads the scalar head."""
+
+    kind = "ctr"
+
+    def __init__(self, model, tokenizer, max_len: int):
+        self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
+
+    def encode(self, item, query: str) -> list[int]:
+        from cmaq.prompts import ctr_input
+
+        text = ctr_input(item, query, self.tokenizer, _limits(self.max_len, 0))
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def rewards(self, seqs: Sequence[list[int]]):
+        """Scalar rewards [B] read at each sequence's last token."""
+        ids, mask, _ = pad_batch(seqs, self.tokenizer.pad_token_id)
+        device = next(self.model.parameters()).device
+        # The head pools the last token that is not padding; texts never contain the pad id.
+        return self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()
+
+    def score(self, items, queries, batch_size: int = 32) -> np.ndarray:
+        return _batched(self, items, queries, batch_size, self.rewards)
+
+
+def _batched(rm, items, queries, batch_size: int, fn) -> np.ndarray:
+    import torch
+
+    seqs = [rm.encode(it, q) for it, q in zip(items, queries)]
+    # Longest first keeps padding small; results go back to input order.
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out = np.empty(len(seqs), dtype=np.float64)
+    rm.model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            out[idx] = fn([seqs[i] for i in idx]).cpu().double().numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- building and loading
+
+
+def lora_config(kind: str, r: int, alpha: int, dropout: float):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
+                      task_type="CAUSAL_LM" if kind == "expansion" else "SEQ_CLS",
+                      modules_to_save=None if kind == "expansion" else ["score"])
+
+
+def base_model(kind: str, model_dir: str, dtype=None):
+    """The backbone: a causal LM, or the same weights with a scalar head (new, trained with the LoRA)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    dtype = dtype or torch.float32
+    if kind == "expansion":
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=dtype)
+
+
+def tokenizer_of(model_dir: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def save_rm(model, tokenizer, out_dir: Path, meta: dict) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / META).write_text(json.dumps(meta, indent=2, default=str))
+
+
+def read_meta(rm_dir: str | Path) -> dict:
+    path = Path(rm_dir) / META
+    if not path.exists():
+        raise FileNotFoundError(f"{rm_dir}: not a trained reward model (no {META}); train one with "
+                                f"`cmaq train rm-exp` or `cmaq train rm-ctr`")
+    return json.loads(path.read_text())
+
+
+def _load(rm_dir: str | Path, kind: str, device: str, dtype):
+    from peft import PeftModel
+
+    meta = read_meta(rm_dir)
+    if meta["kind"] != kind:
+        raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")
+    model = PeftModel.from_pretrained(base_model(kind, meta["base_model"], dtype), str(rm_dir))
+    model = model.merge_and_unload().to(device).eval()  # scoring only: one matmul per layer, not two
+    return model, tokenizer_of(str(rm_dir)), int(meta["max_len"])
+
+
+def load_expansion_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> ExpansionRM:
+    return ExpansionRM(*_load(rm_dir, "expansion", device, dtype))
+
+
+def load_ctr_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> CtrRM:
+    return CtrRM(*_load(rm_dir, "ctr", device, dtype))
