@@ -362,10 +362,14 @@ class RewardModelConfig:
     model_dir: str = _help("Base model directory (HF format). Empty: the project's tiny model.", default="")
     out: str = _help("Output directory: adapter (+ head), tokenizer, cmaq_rm.json, metrics.json, checkpoint/. "
                      "Empty: runs/rm-exp or runs/rm-ctr.", default="")
+    finetune: str = _help(
+        "'lora' (the method's setting: LoRA on every projection, plus the CTR head), 'full' (every weight), or "
+        "'auto': full for the project's tiny model, which LoRA barely moves (see the README), LoRA otherwise.",
+        default="auto")
     lora_r: int = _help("LoRA rank on every attention and MLP projection.", default=32)
     lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=64)
     lora_dropout: float = _help("LoRA dropout.", default=0.0)
-    lr: float = _help("Peak learning rate (AdamW, linear warm-up then cosine decay).", default=2e-3)
+    lr: float = _help("Peak learning rate (AdamW, linear warm-up then cosine decay).", default=5e-4)
     warmup_steps: int = _help("Warm-up steps (capped at a tenth of the run).", default=30)
     epochs: float = _help("Passes over the training examples (fractions allowed).", default=3.0)
     batch_size: int = _help("Examples per step (pairs for the CTR RM).", default=16)
@@ -380,6 +384,7 @@ class RewardModelConfig:
                                default="sigmoid")
 
     def __post_init__(self) -> None:
+        _require(self.finetune in ("auto", "lora", "full"), "rm.finetune", "must be 'auto', 'lora' or 'full'")
         _require(self.lora_r >= 1, "rm.lora_r", "must be >= 1")
         _require(0.0 <= self.lora_dropout < 1.0, "rm.lora_dropout", "must be in [0, 1)")
         _require(self.lr > 0, "rm.lr", "must be > 0")

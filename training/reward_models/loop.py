@@ -52,7 +52,6 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     evaluate() -> held-out metrics, called at the end.
     """
     import torch
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
 
     plan = batches_of(n_examples, cfg.batch_size, cfg.epochs, cfg.seed)
@@ -64,7 +63,7 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     start, curve = 0, []
     if (ckpt / "state.pt").exists():
         state = torch.load(ckpt / "state.pt", weights_only=False)
-        set_peft_model_state_dict(model, state["adapter"])
+        model.load_state_dict(state["trainable"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, curve = state["step"], state["curve"]
@@ -84,7 +83,8 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < len(plan):
             ckpt.mkdir(parents=True, exist_ok=True)
             tmp = ckpt / "state.pt.tmp"
-            torch.save({"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(),
+            trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            torch.save({"trainable": trainable, "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "step": step + 1, "curve": curve}, tmp)
             tmp.replace(ckpt / "state.pt")
     model.eval()

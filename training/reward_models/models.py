@@ -176,8 +176,12 @@ def _load(rm_dir: str | Path, kind: str, device: str, dtype):
     meta = read_meta(rm_dir)
     if meta["kind"] != kind:
         raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")
-    model = PeftModel.from_pretrained(base_model(kind, meta["base_model"], dtype), str(rm_dir))
-    model = model.merge_and_unload().to(device).eval()  # scoring only: one matmul per layer, not two
+    if meta.get("finetune", "lora") == "full":
+        model = base_model(kind, str(rm_dir), dtype)  # the directory holds every weight
+    else:
+        model = PeftModel.from_pretrained(base_model(kind, meta["base_model"], dtype), str(rm_dir))
+        model = model.merge_and_unload()  # scoring only: one matmul per layer, not two
+    model = model.to(device).eval()
     return model, tokenizer_of(str(rm_dir)), int(meta["max_len"])
 
 

@@ -65,8 +65,16 @@ def _prepare(kind: str, cfg: RewardModelConfig):
     model_dir = cfg.model_dir or str(build_tiny_model())
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer_of(model_dir)
-    model = get_peft_model(base_model(kind, model_dir), lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+    model = base_model(kind, model_dir)
+    if finetune_mode(cfg) == "lora":
+        model = get_peft_model(model, lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     return model_dir, tokenizer, model
+
+
+def finetune_mode(cfg: RewardModelConfig) -> str:
+    if cfg.finetune != "auto":
+        return cfg.finetune
+    return "full" if not cfg.model_dir else "lora"
 
 
 def _out(cfg: RewardModelConfig, kind: str) -> Path:
@@ -103,7 +111,8 @@ def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None)
     out_dir = _out(cfg, "exp")
     metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-exp")
     save_rm(model, tokenizer, out_dir, {"kind": "expansion", "base_model": str(Path(model_dir).resolve()),
-                                        "max_len": cfg.max_len, "data": str(data), "answer_ids": [rm.id0, rm.id1]})
+                                        "max_len": cfg.max_len, "data": str(data), "answer_ids": [rm.id0, rm.id1],
+                                        "finetune": finetune_mode(cfg)})
     log.info("expansion RM: test accuracy %.3f -> %s", metrics["test_accuracy"], out_dir)
     return metrics
 
@@ -139,7 +148,7 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> di
     metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-ctr")
     save_rm(model, tokenizer, out_dir, {"kind": "ctr", "base_model": str(Path(model_dir).resolve()),
                                         "max_len": cfg.max_len, "data": str(data),
-                                        "normalisation": cfg.normalisation})
+                                        "normalisation": cfg.normalisation, "finetune": finetune_mode(cfg)})
     log.info("CTR RM: test pair accuracy %.3f -> %s", metrics["test_pair_accuracy"], out_dir)
     return metrics
 
