@@ -92,9 +92,9 @@ def trained(rm_data, small_world, tmp_path_factory):
     from training.reward_models.train import train_ctr, train_expansion
 
     out = tmp_path_factory.mktemp("rms")
-    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=2, checkpoint_every=40),
+    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=4, checkpoint_every=40),
                           str(rm_data / "expansion"), str(small_world))
-    ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=3, checkpoint_every=40),
+    ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=1, checkpoint_every=40),
                     str(rm_data / "ctr_pairs"), str(small_world))
     return out, exp, ctr
 
@@ -172,3 +172,34 @@ def test_training_resumes_from_a_checkpoint(tiny_model, tmp_path):
 def test_train_command_bad_input(tmp_path):
     result = CliRunner().invoke(cli, ["train", "rm-exp", "--data", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "no such data" in result.output
+
+
+def test_score_command_adds_rewards_to_the_pool(trained, small_world, spark, tmp_path, monkeypatch):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from cmaq.config import load_config
+    from conftest import REPO
+    from jobs.pool import build_pool
+
+    # Spark's Python workers import the engine double by name.
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    out, _, _ = trained
+    content = tmp_path / "c.parquet"
+    pq.write_table(pq.read_table(small_world / "content").slice(0, 12), content)
+    cfg = load_config(None, ["engine.backend=tests.doubles.engines:PlantingEngine", f"pool.root={tmp_path / 'pool'}",
+                             "pool.kv_url=none"])
+    assert build_pool(spark, cfg, str(content)).exit_code == 0
+    scored = tmp_path / "scored.parquet"
+    result = CliRunner().invoke(cli, ["score", "--pool", str(tmp_path / "pool"), "--content", str(content),
+                                      "--rm-exp", str(out / "exp"), "--rm-ctr", str(out / "ctr"),
+                                      "--out", str(scored)])
+    assert result.exit_code == 0, result.output[-2000:]
+    df = pd.read_parquet(scored)
+    assert len(df) == json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])[0]["rows"] > 0
+    assert df["r_exp"].between(0, 1).all() and df["r_ctr"].between(0, 1).all() and df["r_ctr_raw"].notna().all()
+    # the same (content, query) scores the same through the scorer directly
+    row = df.iloc[0]
+    item = pq.read_table(content).to_pandas().set_index("content_id").loc[row["content_id"]].to_dict()
+    direct = RewardScorer(str(out / "exp"), str(out / "ctr")).score([item], [row["query"]])
+    assert direct.r_exp[0] == pytest.approx(row["r_exp"], abs=1e-5)
