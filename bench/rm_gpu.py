@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> dict:
 
     seconds = timed(exp, exp_step)
     out["rm_exp_tokens_per_s"] = round(args.steps * args.batch * args.seq_len / seconds)
-    del exp
+    exp = None  # free the first model before building the second
 
     ctr = get_peft_model(Qwen2ForSequenceClassification(config(num_labels=1)).to(device, dtype),
                          lora_config("ctr", 32, 64, 0.0))
