@@ -30,3 +30,35 @@ def answer_nll(answer_logits, targets):
     import torch.nn.functional as F
 
     return F.cross_entropy(answer_logits, targets)
+
+
+def adaptive_beta(r_chosen, r_rejected, gamma: float, floor: float = 0.05):
+    """Per-pair β̃ = 1 + γ (r_c (1 − r_l) − M), M the mean of r_c (1 − r_l) over the pairs given
+    (one iteration's pairs), floored at ``floor`` so a pair never gets a zero or negative β.
+
+    r_chosen, r_rejected: FloatTensor [B], combined rewards in [0, 1]. Returns FloatTensor [B] whose
+    mean is 1 whenever the floor does not bind.
+    """
+    margin = r_chosen * (1.0 - r_rejected)
+    return (1.0 + gamma * (margin - margin.mean())).clamp_min(floor)
+
+
+def consistent_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                        beta, nll_weight: float = 0.0, chosen_lengths=None):
+    """The CMAQ pair loss: −log σ(β (Δ(y_c) − Δ(y_l))) − λ · log π_θ(y_c|x) / |y_c|, per pair.
+
+    *_logps: FloatTensor [B], summed log-probabilities of each query's tokens under the policy being
+    trained (π_θ) and the reference (the previous iteration's policy); Δ(y) = policy − reference.
+    beta: float or FloatTensor [B] (β0 · β̃ per pair). nll_weight: λ. chosen_lengths: LongTensor [B],
+    tokens in each chosen query (needed when λ > 0). Returns FloatTensor [B]; the trainer averages it.
+    With β̃ ≡ 1 and λ = 0 this is standard sigmoid DPO.
+    """
+    import torch.nn.functional as F
+
+    logits = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(beta * logits)
+    if nll_weight:
+        if chosen_lengths is None:
+            raise ValueError("chosen_lengths is needed for the NLL term")
+        loss = loss - nll_weight * policy_chosen_logps / chosen_lengths.clamp_min(1)
+    return loss

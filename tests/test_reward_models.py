@@ -203,3 +203,24 @@ def test_score_command_adds_rewards_to_the_pool(trained, small_world, spark, tmp
     item = pq.read_table(content).to_pandas().set_index("content_id").loc[row["content_id"]].to_dict()
     direct = RewardScorer(str(out / "exp"), str(out / "ctr")).score([item], [row["query"]])
     assert direct.r_exp[0] == pytest.approx(row["r_exp"], abs=1e-5)
+
+
+def test_consistent_dpo_loss_and_adaptive_beta_by_hand():
+    from cmaq.losses import adaptive_beta, consistent_dpo_loss
+
+    pc, pr = torch.tensor([-4.0, -6.0]), torch.tensor([-5.0, -5.0])
+    rc, rr = torch.tensor([-4.5, -6.5]), torch.tensor([-4.5, -5.5])
+    # logits: (0.5 - (-0.5)) = 1.0 and (0.5 - 0.5) = 0.0
+    plain = consistent_dpo_loss(pc, pr, rc, rr, beta=1.0)
+    assert plain.tolist() == pytest.approx([math.log(1 + math.exp(-1.0)), math.log(2)])
+    beta = torch.tensor([2.0, 0.5])
+    lengths = torch.tensor([4, 3])
+    full = consistent_dpo_loss(pc, pr, rc, rr, beta=beta, nll_weight=0.5, chosen_lengths=lengths)
+    assert full.tolist() == pytest.approx([math.log(1 + math.exp(-2.0)) + 0.5 * 4.0 / 4,
+                                           math.log(2) + 0.5 * 6.0 / 3])
+    r_c, r_l = torch.tensor([0.9, 0.6, 0.7]), torch.tensor([0.1, 0.5, 0.2])
+    bt = adaptive_beta(r_c, r_l, gamma=0.2)
+    m = (0.9 * 0.9 + 0.6 * 0.5 + 0.7 * 0.8) / 3
+    assert bt.tolist() == pytest.approx([1 + 0.2 * (0.81 - m), 1 + 0.2 * (0.30 - m), 1 + 0.2 * (0.56 - m)])
+    assert float(bt.mean()) == pytest.approx(1.0)
+    assert float(adaptive_beta(r_c, r_l, gamma=50.0).min()) == pytest.approx(0.05)  # the floor
