@@ -22,3 +22,28 @@ def setup(args: argparse.Namespace) -> CmaqConfig | None:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return None
+
+
+def content_job_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a job that reads one content table (the nightly and the nearline refresh)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--content", required=True, help="Content Parquet path or table name.")
+    add_config_options(p)
+    return p
+
+
+def run_content_job(argv: list[str] | None, doc: str, app_name: str, job, fields: tuple[str, ...]) -> int:
+    """Parse, load the config, run ``job(spark, cfg, content)`` and print the report's ``fields`` as
+    one JSON line; the exit code is the report's (2 for a bad config)."""
+    import json
+    from dataclasses import asdict
+
+    args = content_job_parser(doc).parse_args(argv)
+    cfg = setup(args)
+    if cfg is None:
+        return 2
+    from cmaq.spark import get_spark
+
+    report = asdict(job(get_spark(app_name), cfg, args.content))
+    print(json.dumps({k: report[k] for k in fields}, default=str))
+    return report["exit_code"]

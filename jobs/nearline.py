@@ -16,7 +16,6 @@ Exit codes: 0 refreshed (or nothing to do), 1 error.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -29,7 +28,7 @@ from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig
 from cmaq.pool import atomic_write, new_op_id, write_record
-from jobs.entry import add_config_options, setup
+from jobs.entry import content_job_parser, run_content_job
 from jobs.pool import (EXIT_ERROR, EXIT_OK, KEY, Timer, generate_chunks, keyed_content, max_updated_at_ms,
                        read_content, resolve_versions, staged_frames)
 
@@ -158,24 +157,13 @@ def _check_every_item_once(frames: dict, todo: DataFrame) -> None:
         raise RuntimeError(f"nearline generation lost {missing} items and invented {extra}; nothing published")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--content", required=True, help="Content Parquet path or table name.")
-    add_config_options(p)
-    return p
+def make_parser():
+    return content_job_parser(__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    cfg = setup(args)
-    if cfg is None:
-        return 2
-    from cmaq.spark import get_spark
-
-    report = refresh(get_spark("cmaq-nearline"), cfg, args.content)
-    print(json.dumps({"op_id": report.op_id, "status": report.status, "exit_code": report.exit_code,
-                      "counts": report.counts, "delta": report.delta, "error": report.error}, default=str))
-    return report.exit_code
+    return run_content_job(argv, __doc__, "cmaq-nearline", refresh,
+                           ("op_id", "status", "exit_code", "counts", "delta", "error"))
 
 
 if __name__ == "__main__":

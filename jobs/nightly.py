@@ -6,32 +6,20 @@ Exit codes: 0 published, 1 error, 3 ran but failed the data-quality gates (nothi
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from jobs.entry import add_config_options, setup
+from jobs.entry import content_job_parser, run_content_job
 
 
-def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--content", required=True, help="Content Parquet path or table name.")
-    add_config_options(p)
-    return p
+def make_parser():
+    return content_job_parser(__doc__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
-    cfg = setup(args)
-    if cfg is None:
-        return 2
-    from cmaq.spark import get_spark
     from jobs.pool import build_pool
 
-    report = build_pool(get_spark("cmaq-nightly"), cfg, args.content)
-    print(json.dumps({"run_id": report.run_id, "status": report.status, "exit_code": report.exit_code,
-                      "counts": report.counts, "gates": report.gates}, default=str))
-    return report.exit_code
+    return run_content_job(argv, __doc__, "cmaq-nightly", build_pool,
+                           ("run_id", "status", "exit_code", "counts", "gates"))
 
 
 if __name__ == "__main__":

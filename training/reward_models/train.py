@@ -43,17 +43,19 @@ def _split(rows: list[dict], what: str) -> tuple[list[dict], list[dict]]:
     return train_rows, test_rows
 
 
-def _encodable(rm, rows: list[dict], *query_fields: str) -> tuple[list[dict], int]:
-    """The rows whose inputs fit rm.max_len (title, shop info and query alone can be too long)."""
-    ok = []
+def _encode_rows(rm, rows: list[dict], *query_fields: str) -> tuple[list[dict], list[list[list[int]]], int]:
+    """Token ids of each row's input per query field, keeping only rows whose inputs fit rm.max_len
+    (title, shop info and query alone can be too long). Returns (rows kept, ids per field, skipped)."""
+    kept, encoded = [], [[] for _ in query_fields]
     for r in rows:
         try:
-            for f in query_fields:
-                rm.encode(r, r[f])
+            ids = [rm.encode(r, r[f]) for f in query_fields]
         except ValueError:
             continue
-        ok.append(r)
-    return ok, len(rows) - len(ok)
+        kept.append(r)
+        for acc, x in zip(encoded, ids):
+            acc.append(x)
+    return kept, encoded, len(rows) - len(kept)
 
 
 def _prepare(kind: str, cfg: RewardModelConfig):
@@ -90,9 +92,8 @@ def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None)
     train_rows = subset(train_rows, cfg.max_train_examples)
     model_dir, tokenizer, model = _prepare("expansion", cfg)
     rm = ExpansionRM(model, tokenizer, cfg.max_len)
-    train_rows, skipped = _encodable(rm, train_rows, "query")
-    test_rows, skipped_test = _encodable(rm, test_rows, "query")
-    seqs = [rm.encode(r, r["query"]) for r in train_rows]
+    train_rows, (seqs,), skipped = _encode_rows(rm, train_rows, "query")
+    test_rows, _, skipped_test = _encode_rows(rm, test_rows, "query")
     targets = torch.tensor([rm.id1 if r["label"] else rm.id0 for r in train_rows])
 
     def step_loss(idx: list[int]):
@@ -124,10 +125,8 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> di
     train_rows = subset(train_rows, cfg.max_train_examples)
     model_dir, tokenizer, model = _prepare("ctr", cfg)
     rm = CtrRM(model, tokenizer, cfg.max_len)
-    train_rows, skipped = _encodable(rm, train_rows, "y_plus", "y_minus")
-    test_rows, skipped_test = _encodable(rm, test_rows, "y_plus", "y_minus")
-    plus = [rm.encode(r, r["y_plus"]) for r in train_rows]
-    minus = [rm.encode(r, r["y_minus"]) for r in train_rows]
+    train_rows, (plus, minus), skipped = _encode_rows(rm, train_rows, "y_plus", "y_minus")
+    test_rows, _, skipped_test = _encode_rows(rm, test_rows, "y_plus", "y_minus")
 
     def step_loss(idx: list[int]):
         r = rm.rewards([plus[i] for i in idx] + [minus[i] for i in idx])  # one forward for both sides
