@@ -341,7 +341,7 @@ if __name__ == "__main__":  # pragma: no cover
 
 @main.group()
 def train() -> None:
-    """Train the reward models (and, later, the policy)."""
+    """Train the reward models, QSA (sft) and the CMAQ policy (align)."""
 
 
 def _train_rm(ctx: click.Context, kind: str, data: str, world: str | None, out: str | None) -> None:
@@ -378,6 +378,43 @@ def train_rm_exp(ctx: click.Context, data: str, world: str | None, out: str | No
 def train_rm_ctr(ctx: click.Context, data: str, world: str | None, out: str | None) -> None:
     """CTR reward model: LoRA plus a scalar head, trained with the pairwise BPR loss on CTR pairs."""
     _train_rm(ctx, "ctr", data, world, out)
+
+
+@train.command("sft")
+@click.option("--data", required=True, help="D_SFT (Parquet from `cmaq data sft`).")
+@click.option("--out", default=None, help="Output directory (sft.out; default runs/qsa).")
+@click.pass_context
+def train_sft(ctx: click.Context, data: str, out: str | None) -> None:
+    """QSA: LoRA SFT of the base model on D_SFT (loss on the query tokens only)."""
+    cfg = _config(ctx, [f"sft.out={json.dumps(out)}"] if out else [])
+    from training.sft import train_qsa
+
+    try:
+        metrics = train_qsa(cfg.sft, data)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    metrics.pop("loss_curve", None)
+    click.echo(json.dumps(metrics, indent=2))
+
+
+@train.command("align")
+@click.option("--data", required=True, help="D_SFT (Parquet from `cmaq data sft`): the contents to sample.")
+@click.option("--out", default=None, help="Output directory (align.out; default runs/cmaq).")
+@click.pass_context
+def train_align(ctx: click.Context, data: str, out: str | None) -> None:
+    """The CMAQ loop from the QSA adapter (align.qsa) with both reward models (align.rm_exp, align.rm_ctr).
+    Ablations: --set align.mean=arithmetic (w/o CDS), align.static_beta=true (w/o CT),
+    align.reuse_first=true (w/o OT)."""
+    cfg = _config(ctx, [f"align.out={json.dumps(out)}"] if out else [])
+    from training.align import run_align
+
+    try:
+        result = run_align(cfg.align, data)
+    except FileNotFoundError as exc:
+        raise BadInput(str(exc)) from None
+    for it in result["iterations"]:
+        it.pop("loss_curve", None)
+    click.echo(json.dumps(result, indent=2, default=str))
 
 
 @main.command("score")

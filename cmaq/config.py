@@ -396,6 +396,70 @@ class RewardModelConfig:
 
 
 @dataclass
+class PolicyTrainConfig:
+    """Optimisation shared by QSA and the preference methods (a `[sft]` or `[align]` section)."""
+
+    model_dir: str = _help("Base model directory (HF format). Empty: the project's tiny model.", default="")
+    out: str = _help("Output directory (adapter/, config.toml, metrics.json).", default="")
+    lora_r: int = _help("LoRA rank (the method: 32).", default=32)
+    lora_alpha: int = _help("LoRA alpha (the method: 8).", default=8)
+    lr: float = _help("Peak learning rate (the method: 1e-5 on a 7B base; the tiny model needs ~1e-3).",
+                      default=1e-5)
+    batch_size: int = _help("Pairs (or SFT examples) per optimizer step (the method: global batch 32).", default=32)
+    warmup_steps: int = _help("Warm-up steps before cosine decay (20; capped at a tenth of a short run).",
+                              default=20)
+    epochs: float = _help("QSA: passes over D_SFT. Align: passes over each iteration's pairs (the method: 1).",
+                          default=1.0)
+    max_prompt_tokens: int = _help("Prompt budget; the note body is cut to fit.", default=448)
+    checkpoint_every: int = _help("Steps between checkpoints inside a run.", default=100)
+    seed: int = _help("Seed for sampling contents, pairs and the data order.", default=0)
+
+    def __post_init__(self) -> None:
+        _require(self.lora_r >= 1, "lora_r", "must be >= 1")
+        _require(self.lr > 0, "lr", "must be > 0")
+        _require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _require(self.epochs > 0, "epochs", "must be > 0")
+        _require(self.max_prompt_tokens >= 64, "max_prompt_tokens", "must be >= 64")
+
+
+@dataclass
+class AlignConfig(PolicyTrainConfig):
+    """The CMAQ loop (Algorithm 1) and its ablations (`cmaq train align`)."""
+
+    iterations: int = _help("T: online iterations.", default=3)
+    contents: int = _help("N: contents sampled from D_SFT per iteration.", default=20_000)
+    k: int = _help("Queries sampled per content from the previous policy.", default=8)
+    temperature: float = _help("Sampling temperature (the method: 1.5).", default=1.5)
+    alpha: float = _help("Weight of expansion in the combined reward (larger: more expansion).", default=0.4)
+    mean: str = _help("'geometric' (CMAQ) or 'arithmetic' (the w/o CDS ablation).", default="geometric")
+    nll_weight: float = _help("λ: weight of the chosen query's per-token NLL.", default=0.5)
+    gamma: float = _help("γ: strength of the per-pair adaptive β.", default=0.2)
+    beta0: float = _help("β0: β = β0·β̃. 1 is the method's equation; TRL's usual scale is 0.1.", default=1.0)
+    beta_floor: float = _help("Smallest β̃ a pair gets (keeps every pair's β positive).", default=0.05)
+    static_beta: bool = _help("w/o CT ablation: β̃ ≡ 1.", default=False)
+    reuse_first: bool = _help("w/o OT ablation: the first iteration's preference pairs reused each iteration.",
+                              default=False)
+    tau_mode: str = _help("'quantile': τ1/τ2 are quantiles of the iteration's rewards; 'absolute': values.",
+                          default="quantile")
+    tau1: float = _help("Positives: r > τ1 (a quantile in [0, 1] or an absolute reward).", default=0.7)
+    tau2: float = _help("Negatives: r < τ2 (a quantile in [0, 1] or an absolute reward).", default=0.3)
+    qsa: str = _help("The QSA adapter every method starts from.", default="runs/qsa/adapter")
+    rm_exp: str = _help("Expansion reward model directory.", default="runs/rm-exp")
+    rm_ctr: str = _help("CTR reward model directory.", default="runs/rm-ctr")
+    sampler: str = _help("Engine that samples the k queries: 'hf' or 'vllm'.", default="hf")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.iterations >= 1, "align.iterations", "must be >= 1")
+        _require(self.contents >= 1 and self.k >= 2, "align.k", "contents >= 1 and k >= 2")
+        _require(0.0 <= self.alpha <= 1.0, "align.alpha", "must be in [0, 1]")
+        _require(self.mean in ("geometric", "arithmetic"), "align.mean", "must be 'geometric' or 'arithmetic'")
+        _require(self.tau_mode in ("quantile", "absolute"), "align.tau_mode", "must be 'quantile' or 'absolute'")
+        _require(self.tau2 <= self.tau1, "align.tau2", "must be <= align.tau1")
+        _require(self.beta_floor > 0, "align.beta_floor", "must be > 0")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
@@ -409,6 +473,9 @@ class CmaqConfig:
                                       default_factory=RewardModelConfig)
     rm_ctr: RewardModelConfig = _help("CTR reward model (scalar head, BPR loss on CTR pairs).",
                                       default_factory=RewardModelConfig)
+    sft: PolicyTrainConfig = _help("Query style alignment (QSA): LoRA SFT on D_SFT.",
+                                   default_factory=PolicyTrainConfig)
+    align: AlignConfig = _help("The CMAQ loop and its ablations.", default_factory=AlignConfig)
 
 
 # --------------------------------------------------------------------------- loading

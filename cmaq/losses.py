@@ -62,3 +62,10 @@ def consistent_dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
             raise ValueError("chosen_lengths is needed for the NLL term")
         loss = loss - nll_weight * policy_chosen_logps / chosen_lengths.clamp_min(1)
     return loss
+
+
+def query_nll(answer_logps, answer_lengths):
+    """QSA's SFT loss: the mean negative log-likelihood per query token over the batch (prompt tokens
+    carry no loss). answer_logps: FloatTensor [B] summed over each query's tokens; answer_lengths:
+    LongTensor [B]. Returns a scalar tensor."""
+    return -answer_logps.sum() / answer_lengths.sum().clamp_min(1)

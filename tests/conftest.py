@@ -104,3 +104,32 @@ def redis_url():
         pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
     with local_redis(password="test-secret") as url:
         yield url
+
+
+# --------------------------------------------------------------------------- reward models
+# Trained once per test run on the test world; the reward-model and alignment tests share them.
+
+
+@pytest.fixture(scope="session")
+def rm_data(spark, small_world, tmp_path_factory):
+    from cmaq.config import load_config
+    from training.data.builders import run
+
+    out = tmp_path_factory.mktemp("rm-data")
+    cfg = load_config(None, [])
+    for kind in ("expansion", "ctr-pairs", "sft"):
+        run(kind, cfg, str(small_world), str(out), spark)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_rms(rm_data, small_world, tmp_path_factory):
+    from cmaq.config import RewardModelConfig
+    from training.reward_models.train import train_ctr, train_expansion
+
+    out = tmp_path_factory.mktemp("rms")
+    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=4, checkpoint_every=40),
+                          str(rm_data / "expansion"), str(small_world))
+    ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=1, checkpoint_every=40),
+                    str(rm_data / "ctr_pairs"), str(small_world))
+    return out, exp, ctr

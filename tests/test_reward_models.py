@@ -75,32 +75,8 @@ def test_bpr_loss_equals_trl_reward_trainer(tiny_model, tmp_path):
     assert float(ours) > 0
 
 
-@pytest.fixture(scope="module")
-def rm_data(spark, small_world, tmp_path_factory):
-    from cmaq.config import load_config
-    from training.data.builders import run
-
-    out = tmp_path_factory.mktemp("rm-data")
-    cfg = load_config(None, [])
-    for kind in ("expansion", "ctr-pairs"):
-        run(kind, cfg, str(small_world), str(out), spark)
-    return out
-
-
-@pytest.fixture(scope="module")
-def trained(rm_data, small_world, tmp_path_factory):
-    from training.reward_models.train import train_ctr, train_expansion
-
-    out = tmp_path_factory.mktemp("rms")
-    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=4, checkpoint_every=40),
-                          str(rm_data / "expansion"), str(small_world))
-    ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=1, checkpoint_every=40),
-                    str(rm_data / "ctr_pairs"), str(small_world))
-    return out, exp, ctr
-
-
-def test_reward_models_learn(trained):
-    out, exp, ctr = trained
+def test_reward_models_learn(trained_rms):
+    out, exp, ctr = trained_rms
     # Above chance on held-out data (the full-size figures are in the closing note and the README).
     assert exp["test_accuracy"] > max(exp["test_positive_rate"], 1 - exp["test_positive_rate"]) + 0.03, exp
     assert ctr["test_pair_accuracy"] >= 0.7, ctr
@@ -111,10 +87,10 @@ def test_reward_models_learn(trained):
         assert saved["steps"] == len(saved["loss_curve"]) and not (out / kind / "checkpoint").exists()
 
 
-def test_scorer_is_deterministic_and_batch_invariant(trained, small_world):
+def test_scorer_is_deterministic_and_batch_invariant(trained_rms, small_world):
     import pyarrow.parquet as pq
 
-    out, _, _ = trained
+    out, _, _ = trained_rms
     truth = pq.read_table(small_world / "truth" / "grammar").slice(0, 40).to_pylist()
     content = {r["content_id"]: r for r in pq.read_table(small_world / "content").to_pylist()}
     items, queries = [content[r["content_id"]] for r in truth], [r["query"] for r in truth]
@@ -132,7 +108,7 @@ def test_training_resumes_from_a_checkpoint(tiny_model, tmp_path):
     """A run killed after its first checkpoint, resumed, ends with the same weights as one never killed."""
     from peft import get_peft_model
 
-    from training.reward_models.loop import train
+    from training.loop import train
     from training.reward_models.models import ExpansionRM, base_model, lora_config, tokenizer_of
 
     cfg = RewardModelConfig(epochs=1, batch_size=4, checkpoint_every=3, lr=1e-3)
@@ -174,7 +150,7 @@ def test_train_command_bad_input(tmp_path):
     assert result.exit_code == 2 and "no such data" in result.output
 
 
-def test_score_command_adds_rewards_to_the_pool(trained, small_world, spark, tmp_path, monkeypatch):
+def test_score_command_adds_rewards_to_the_pool(trained_rms, small_world, spark, tmp_path, monkeypatch):
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -184,7 +160,7 @@ def test_score_command_adds_rewards_to_the_pool(trained, small_world, spark, tmp
 
     # Spark's Python workers import the engine double by name.
     monkeypatch.setenv("PYTHONPATH", str(REPO))
-    out, _, _ = trained
+    out, _, _ = trained_rms
     content = tmp_path / "c.parquet"
     pq.write_table(pq.read_table(small_world / "content").slice(0, 12), content)
     cfg = load_config(None, ["engine.backend=tests.doubles.engines:PlantingEngine", f"pool.root={tmp_path / 'pool'}",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cmaq.config import RewardModelConfig
-from training.reward_models.loop import subset, train
+from training.loop import subset, train
 from training.reward_models.models import (CtrRM, ExpansionRM, base_model, lora_config, save_rm,
                                            tokenizer_of)
 

@@ -1,4 +1,4 @@
-"""A small training loop shared by the reward models: AdamW on the trainable (LoRA + head)
+"""A small training loop shared by the reward models, SFT and the alignment loop: AdamW on the trainable (LoRA + head)
 parameters, linear warm-up then cosine decay, gradient clipping, a progress bar, checkpoints and
 resume. The data order is a seeded permutation per epoch, so a resumed run sees exactly the batches
 the killed run had not yet seen.

@@ -1,0 +1,255 @@
+"""The CMAQ loop (the method's Algorithm 1) and its ablations.
+
+    cmaq train align --data DATA/sft [--set align.alpha=0.4 ...]
+
+For t = 1..T, starting from the QSA adapter:
+
+1. sample N contents of D_SFT; the previous policy π_{t−1} samples k queries for each;
+2. both reward models score them; r = r_exp^α · r_ctr^(1−α) (arithmetic mean for w/o CDS);
+3. positives r > τ1, negatives r < τ2; each content with both gives one random pair (y_c, y_l);
+4. β̃ = 1 + γ (r_c (1 − r_l) − M), M the mean of r_c (1 − r_l) over the iteration's pairs (β̃ ≡ 1 for
+   w/o CT); β = β0 · β̃;
+5. one epoch of loss −log σ(β (Δ(y_c) − Δ(y_l))) − λ log π_θ(y_c|x) / |y_c|,
+   Δ(y) = log π_θ(y|x) − log π_{t−1}(y|x) (`cmaq.losses.consistent_dpo_loss`).
+
+The paper prints the ratio π_θ/π_{t−1} inside σ; the log-ratio is meant (it is DPO's implicit
+reward), and is what this computes.
+
+Adapter lineage: one LoRA adapter on a fixed base throughout. Iteration t loads the adapter as
+iteration t−1 left it, computes the reference log-probabilities of every pair with it *before* any
+update (stored in ``iter-t/pairs.parquet``), then trains the same adapter further. The reference is
+therefore π_{t−1}, not the bare base model (TRL's default with PEFT).
+
+Thresholds: with ``tau_mode = "quantile"`` (default), τ1 and τ2 are the 0.7 and 0.3 quantiles of the
+iteration's rewards. The reward models' scales depend on the backbone and on the CTR normalisation,
+and the policy's rewards rise from one iteration to the next; fixed values would give few pairs at
+first and then nothing to reject. Quantiles keep the share of candidates that qualify stable. The
+absolute mode takes τ1/τ2 as rewards.
+
+Layout: ``<out>/iter-<t>/{pairs.parquet, adapter/, metrics.json, DONE}``, ``<out>/adapter`` (the final
+policy) and ``<out>/metrics.json``. A killed run resumes at the first unfinished iteration (inside it,
+from the training loop's checkpoint, with the same pairs).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cmaq.config import AlignConfig
+
+log = logging.getLogger(__name__)
+
+
+def sample_contents(rows: list[dict], n: int, seed: int) -> list[dict]:
+    """N distinct contents of D_SFT (every row carries its content's prompt fields)."""
+    by_id = {}
+    for r in rows:
+        by_id.setdefault(r["content_id"], r)
+    ids = sorted(by_id)
+    random.Random(seed).shuffle(ids)
+    return [by_id[i] for i in ids[:n]]
+
+
+def sample_queries(engine, items: list[dict], cfg: AlignConfig, adapter: str, seed: int) -> list[list[str]]:
+    """k queries per content from the policy (distinct, non-empty)."""
+    results = engine.sample(items, k=cfg.k, temperature=cfg.temperature, seed=seed, adapter=adapter)
+    out = []
+    for res in results:
+        seen = []
+        for c in res.candidates:
+            q = c.text.strip()
+            if q and q not in seen:
+                seen.append(q)
+        out.append(seen)
+    return out
+
+
+def thresholds(rewards: np.ndarray, cfg: AlignConfig) -> tuple[float, float]:
+    if cfg.tau_mode == "absolute":
+        return cfg.tau1, cfg.tau2
+    return float(np.quantile(rewards, cfg.tau1)), float(np.quantile(rewards, cfg.tau2))
+
+
+def mine_pairs(items, candidates, rewards, tau1: float, tau2: float, seed: int) -> list[dict]:
+    """One random positive (r > τ1) and one random negative (r < τ2) per content that has both."""
+    rng = random.Random(seed)
+    pairs, pos = [], 0
+    for item, queries in zip(items, candidates):
+        r = rewards[pos:pos + len(queries)]
+        pos += len(queries)
+        good = [i for i, x in enumerate(r) if x > tau1]
+        bad = [i for i, x in enumerate(r) if x < tau2]
+        if good and bad:
+            c, l = rng.choice(good), rng.choice(bad)
+            pairs.append({"item": item, "chosen": queries[c], "rejected": queries[l],
+                          "r_chosen": float(r[c]), "r_rejected": float(r[l])})
+    return pairs
+
+
+def combined_rewards(scorer, items, candidates, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    from cmaq.rewards import combine
+
+    flat_items = [it for it, qs in zip(items, candidates) for _ in qs]
+    flat_queries = [q for qs in candidates for q in qs]
+    scores = scorer.score(flat_items, flat_queries)
+    return combine(scores.r_exp, scores.r_ctr, cfg.alpha, cfg.mean), scores.r_exp, scores.r_ctr
+
+
+def reference_logps(model, tokenizer, pairs: list[dict], cfg: AlignConfig, batch: int = 16) -> None:
+    """log π_{t−1}(y|x) of every chosen and rejected query, with the adapter as the previous iteration
+    left it (before any update of this iteration); stored on the pairs."""
+    import torch
+
+    from training.policy import encode, sequence_logps
+
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start:start + batch]
+            seqs = [encode(tokenizer, p["item"], p[side], cfg.max_prompt_tokens)
+                    for side in ("chosen", "rejected") for p in chunk]
+            logps, _ = sequence_logps(model, seqs, tokenizer.pad_token_id)
+            for i, p in enumerate(chunk):
+                p["ref_chosen"], p["ref_rejected"] = float(logps[i]), float(logps[len(chunk) + i])
+
+
+def with_adaptive_beta(pairs: list[dict], cfg: AlignConfig) -> None:
+    import torch
+
+    from cmaq.losses import adaptive_beta
+
+    if not pairs:
+        return
+    if cfg.static_beta:
+        beta = torch.ones(len(pairs))
+    else:
+        beta = adaptive_beta(torch.tensor([p["r_chosen"] for p in pairs]),
+                             torch.tensor([p["r_rejected"] for p in pairs]), cfg.gamma, cfg.beta_floor)
+    for p, b in zip(pairs, beta.tolist()):
+        p["beta_tilde"] = b
+
+
+def train_iteration(model, tokenizer, pairs: list[dict], cfg: AlignConfig, iter_dir: Path, t: int) -> dict:
+    import torch
+
+    from cmaq.losses import consistent_dpo_loss
+    from training.loop import train
+    from training.policy import encode, sequence_logps
+
+    encoded = [(encode(tokenizer, p["item"], p["chosen"], cfg.max_prompt_tokens),
+                encode(tokenizer, p["item"], p["rejected"], cfg.max_prompt_tokens)) for p in pairs]
+    ref_c = torch.tensor([p["ref_chosen"] for p in pairs])
+    ref_l = torch.tensor([p["ref_rejected"] for p in pairs])
+    beta = cfg.beta0 * torch.tensor([p["beta_tilde"] for p in pairs])
+
+    def step_loss(idx: list[int]):
+        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+        logps, lengths = sequence_logps(model, seqs, tokenizer.pad_token_id)
+        n = len(idx)
+        return consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], beta[idx],
+                                   cfg.nll_weight, lengths[:n]).mean()
+
+    return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}")
+
+
+def _save_pairs(pairs: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    rows = [{"content_id": p["item"]["content_id"], **{k: v for k, v in p.items() if k != "item"}} for p in pairs]
+    pd.DataFrame(rows).to_parquet(path, index=False)
+
+
+def _load_pairs(path: Path, items_by_id: dict) -> list[dict]:
+    import pandas as pd
+
+    return [{**r, "item": items_by_id[r["content_id"]]} for r in pd.read_parquet(path).to_dict("records")]
+
+
+def run_align(cfg: AlignConfig, data: str) -> dict:
+    """Run (or resume) T iterations; returns the run's metrics (also in ``<out>/metrics.json``)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from cmaq.config import EngineConfig
+    from cmaq.engines import make_engine
+    from cmaq.rewards import RewardScorer
+    from training.policy import load_policy
+    from training.reward_models.models import tokenizer_of
+    from training.sft import base_dir, save_policy
+
+    for path, what in ((data, "D_SFT (`cmaq data sft`)"), (cfg.qsa, "the QSA adapter (`cmaq train sft`)"),
+                       (cfg.rm_exp, "the expansion RM"), (cfg.rm_ctr, "the CTR RM")):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: missing {what}")
+    out = Path(cfg.out or "runs/cmaq")
+    out.mkdir(parents=True, exist_ok=True)
+    model_dir = base_dir(cfg)
+    tokenizer = tokenizer_of(model_dir)
+    rows = pq.read_table(data).to_pylist()
+    items_by_id = {r["content_id"]: r for r in rows}
+    scorer = RewardScorer(cfg.rm_exp, cfg.rm_ctr)
+    engine = None
+    summary = []
+    previous = str(cfg.qsa)
+    for t in range(1, cfg.iterations + 1):
+        iter_dir = out / f"iter-{t}"
+        if (iter_dir / "DONE").exists():
+            summary.append(json.loads((iter_dir / "summary.json").read_text()))
+            previous = str(iter_dir / "adapter")
+            continue
+        iter_dir.mkdir(exist_ok=True)
+        pairs_path = iter_dir / "pairs.parquet"
+        seed = cfg.seed * 1000 + t
+        stats: dict = {"iteration": t, "reference": previous}
+        if pairs_path.exists():  # a killed iteration: same pairs, training resumes from its checkpoint
+            pairs = _load_pairs(pairs_path, items_by_id)
+            stats.update(json.loads((iter_dir / "mining.json").read_text()))
+        else:
+            if cfg.reuse_first and t > 1:
+                pairs = _load_pairs(out / "iter-1" / "pairs.parquet", items_by_id)
+                stats.update(reused_from=1, tau1=summary[0]["tau1"], tau2=summary[0]["tau2"])
+            else:
+                if engine is None:
+                    engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir))
+                items = sample_contents(rows, cfg.contents, seed)
+                candidates = sample_queries(engine, items, cfg, previous, seed)
+                rewards, r_exp, r_ctr = combined_rewards(scorer, items, candidates, cfg)
+                tau1, tau2 = thresholds(rewards, cfg)
+                pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed)
+                stats.update(contents=len(items), candidates=int(len(rewards)), tau1=tau1, tau2=tau2,
+                             mean_reward=float(rewards.mean()), mean_r_exp=float(np.nanmean(r_exp)),
+                             mean_r_ctr=float(np.nanmean(r_ctr)))
+            if not pairs:
+                raise RuntimeError(f"iteration {t}: no content had both a positive and a negative; "
+                                   f"raise align.k or align.contents, or loosen τ1/τ2")
+            model = load_policy(model_dir, previous, trainable=True)
+            reference_logps(model, tokenizer, pairs, cfg)
+            with_adaptive_beta(pairs, cfg)
+            _save_pairs(pairs, pairs_path)
+            (iter_dir / "mining.json").write_text(json.dumps(stats, default=str))
+        torch.manual_seed(seed)
+        model = load_policy(model_dir, previous, trainable=True)
+        metrics = train_iteration(model, tokenizer, pairs, cfg, iter_dir, t)
+        save_policy(model, iter_dir, cfg)
+        stats.update(pairs=len(pairs), mean_beta_tilde=float(np.mean([p["beta_tilde"] for p in pairs])),
+                     mean_r_chosen=float(np.mean([p["r_chosen"] for p in pairs])),
+                     mean_r_rejected=float(np.mean([p["r_rejected"] for p in pairs])),
+                     loss_first=metrics["loss_first"], loss_last20=metrics["loss_last20"],
+                     loss_curve=metrics["loss_curve"])
+        (iter_dir / "summary.json").write_text(json.dumps(stats, default=str))
+        (iter_dir / "DONE").write_text("ok\n")
+        summary.append(stats)
+        previous = str(iter_dir / "adapter")
+        log.info("iteration %d: %d pairs, mean beta~ %.3f, loss %.4f", t, len(pairs), stats["mean_beta_tilde"],
+                 stats["loss_last20"])
+    if (out / "adapter").exists():
+        shutil.rmtree(out / "adapter")
+    shutil.copytree(previous, out / "adapter")
+    result = {"out": str(out), "adapter": str(out / "adapter"), "iterations": summary}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    return result

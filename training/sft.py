@@ -1,0 +1,64 @@
+"""QSA — query style alignment: LoRA SFT of the base model on D_SFT, the logged queries that did well.
+
+    cmaq train sft --data DATA/sft [--out runs/qsa]
+
+Loss: the mean negative log-likelihood per query token (`cmaq.losses.query_nll`); the prompt is the
+generation prompt the engines serve, and carries no loss. Writes ``<out>/adapter`` (PEFT, loadable by
+both engines and the Spark job), ``<out>/config.toml`` and ``<out>/metrics.json``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cmaq.config import PolicyTrainConfig
+
+log = logging.getLogger(__name__)
+SFT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info", "query")
+
+
+def base_dir(cfg: PolicyTrainConfig) -> str:
+    from cmaq.engines.tiny import build_tiny_model
+
+    return cfg.model_dir or str(build_tiny_model())
+
+
+def train_qsa(cfg: PolicyTrainConfig, data: str) -> dict:
+    import pyarrow.parquet as pq
+    import torch
+
+    from cmaq.losses import query_nll
+    from training.loop import train
+    from training.policy import encode, new_policy, sequence_logps
+    from training.reward_models.models import tokenizer_of
+
+    if not Path(data).exists():
+        raise FileNotFoundError(f"{data}: no such data; build it with `cmaq data sft`")
+    rows = pq.read_table(data).to_pylist()
+    missing = [c for c in SFT_FIELDS if rows and c not in rows[0]]
+    if not rows or missing:
+        raise ValueError(f"{data}: {'no rows' if not rows else f'missing columns {missing}'}")
+    model_dir = base_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    tokenizer = tokenizer_of(model_dir)
+    model = new_policy(model_dir, cfg.lora_r, cfg.lora_alpha)
+    examples = [encode(tokenizer, r, r["query"], cfg.max_prompt_tokens) for r in rows]
+
+    def step_loss(idx: list[int]):
+        logps, lengths = sequence_logps(model, [examples[i] for i in idx], tokenizer.pad_token_id)
+        return query_nll(logps, lengths)
+
+    out = Path(cfg.out or "runs/qsa")
+    metrics = train(model, len(examples), step_loss, cfg, out, lambda: {}, "qsa")
+    save_policy(model, out, cfg)
+    log.info("QSA adapter -> %s", out / "adapter")
+    return metrics
+
+
+def save_policy(model, out: Path, cfg) -> Path:
+    """The adapter (PEFT format) and the run's config beside it."""
+    from cmaq.config import to_toml
+
+    model.save_pretrained(out / "adapter")
+    (out / "config.toml").write_text(to_toml(cfg))
+    return out / "adapter"
