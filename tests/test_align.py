@@ -1,5 +1,6 @@
 """QSA and the CMAQ loop on the tiny model: a few dozen contents, k=4, T=2."""
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -99,3 +100,60 @@ def test_ablations(qsa, trained_rms, rm_data, tmp_path):
     assert (p1.beta_tilde == 1.0).all() and (p2.beta_tilde == 1.0).all()
     assert p1[["content_id", "chosen", "rejected"]].equals(p2[["content_id", "chosen", "rejected"]])
     assert not np.allclose(p1.ref_chosen, p2.ref_chosen, atol=1e-4)  # the reference moved on
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_consistent_dpo_loss_equals_trl(tiny_model, tmp_path, lam):
+    """β̃ ≡ 1, λ = 0: TRL's sigmoid DPO. λ > 0: TRL's DPO with an added "sft" loss of weight λ (TRL 1.16's
+    successor of rpo_alpha). TRL averages that NLL over all chosen tokens of the batch, CMAQ over each
+    chosen query and then over pairs; the two agree when the chosen queries have equal lengths, as here,
+    and the test also checks the unequal case against TRL's normalisation written out."""
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    from cmaq.losses import consistent_dpo_loss
+    from training.policy import sequence_logps
+    from training.reward_models.models import tokenizer_of
+
+    tok = tokenizer_of(tiny_model)
+    torch.manual_seed(0)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model)
+    policy = copy.deepcopy(ref)
+    rows = [{"prompt": "Title: Noodle house\nSearch:", "chosen": " parking nearby", "rejected": " noodle"},
+            {"prompt": "Title: Hot pot on Gulou\nSearch:", "chosen": " parking nearby", "rejected": " hot pot hot pot"},
+            {"prompt": "Title: Quiet cafe\nSearch:", "chosen": " opening hours", "rejected": " cafe"}]
+    types, weights = (["sigmoid"], [1.0]) if lam == 0 else (["sigmoid", "sft"], [1.0, lam])
+    trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok, train_dataset=Dataset.from_list(rows),
+                         args=DPOConfig(output_dir=str(tmp_path), beta=1.0, loss_type=types, loss_weights=weights,
+                                        report_to=[], use_cpu=True))
+    with torch.no_grad():  # make the policy differ from the reference so the DPO term is not log 2
+        for p in policy.model.layers[0].mlp.down_proj.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    policy.train()
+    encoded = [trainer.train_dataset[i] for i in range(len(rows))]
+
+    def ours(batch):
+        side = {s: [(r["prompt_ids"], r[f"{s}_ids"]) for r in batch] for s in ("chosen", "rejected")}
+        pc, lengths = sequence_logps(policy, side["chosen"], tok.pad_token_id)
+        pr, _ = sequence_logps(policy, side["rejected"], tok.pad_token_id)
+        with torch.no_grad():
+            rc, _ = sequence_logps(ref, side["chosen"], tok.pad_token_id)
+            rr, _ = sequence_logps(ref, side["rejected"], tok.pad_token_id)
+        dpo = consistent_dpo_loss(pc, pr, rc, rr, beta=torch.ones(len(batch)))
+        full = consistent_dpo_loss(pc, pr, rc, rr, beta=torch.ones(len(batch)), nll_weight=lam, chosen_lengths=lengths)
+        return full.mean(), dpo.mean() + lam * (-pc.sum() / lengths.sum()), lengths
+
+    same_length = encoded[:2]
+    mine, _, lengths = ours(same_length)
+    assert lengths[0] == lengths[1]
+    theirs = trainer.compute_loss(policy, trainer.data_collator(same_length))
+    assert float(mine) == pytest.approx(float(theirs), rel=1e-5)
+    assert float(mine) != pytest.approx(math.log(2), abs=1e-3)
+    # Unequal chosen lengths: CMAQ's per-query normalisation weighs a short query's tokens more.
+    mine_all, trl_style, lengths = ours(encoded)
+    assert len(set(lengths.tolist())) > 1
+    if lam:
+        assert float(mine_all) != pytest.approx(float(trl_style), rel=1e-4)
