@@ -417,6 +417,25 @@ def train_align(ctx: click.Context, data: str, out: str | None) -> None:
     click.echo(json.dumps(result, indent=2, default=str))
 
 
+@train.command("baseline")
+@click.option("--method", required=True, type=click.Choice(["dpo", "dpo-lw", "dpo-soup", "morl"]))
+@click.option("--data", required=True, help="D_SFT (Parquet from `cmaq data sft`): the contents to sample.")
+@click.option("--ctr-pairs", default=None, help="CTR pairs (`cmaq data ctr-pairs`); needed by dpo.")
+@click.option("--out", default=None, help="Output directory (align.out; default runs/baselines).")
+@click.pass_context
+def train_baseline(ctx: click.Context, method: str, data: str, ctr_pairs: str | None, out: str | None) -> None:
+    """A baseline from the QSA adapter (settings in [align]: qsa, rm_exp, rm_ctr, k, contents, alpha, beta0,
+    baseline_epochs). Writes <out>/<method>/adapter."""
+    cfg = _config(ctx, [f"align.out={json.dumps(out)}"] if out else [])
+    from training.baselines import run_baseline
+
+    try:
+        result = run_baseline(cfg.align, method, data, ctr_pairs)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
 @main.command("score")
 @click.option("--pool", "pool_root", required=True, type=click.Path(exists=True, file_okay=False),
               help="Pool root; its current version is scored.")

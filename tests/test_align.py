@@ -157,3 +157,61 @@ def test_consistent_dpo_loss_equals_trl(tiny_model, tmp_path, lam):
     assert len(set(lengths.tolist())) > 1
     if lam:
         assert float(mine_all) != pytest.approx(float(trl_style), rel=1e-4)
+
+
+def test_soup_merge_is_exact(qsa, tiny_model, tmp_path):
+    """The merged adapter's weight delta is α·Δa + (1−α)·Δb on every adapted matrix."""
+    from safetensors.torch import load_file, save_file
+
+    from training.baselines import merge_lora_soup
+    from training.policy import load_policy
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, scale in ((a, 1.0), (b, -2.0)):
+        d.mkdir()
+        (d / "adapter_config.json").write_text((qsa[0] / "adapter_config.json").read_text())
+        w = load_file(str(qsa[0] / "adapter_model.safetensors"))
+        torch.manual_seed(int(scale * 10) + 100)
+        save_file({k: v + scale * 0.01 * torch.randn_like(v) for k, v in w.items()},
+                  str(d / "adapter_model.safetensors"))
+    merged = merge_lora_soup(a, b, 0.3, tmp_path / "m")
+
+    def delta(adapter):
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+        full = load_policy(tiny_model, adapter, trainable=False).merge_and_unload().state_dict()
+        return {k: full[k] - base[k] for k in base if "proj" in k}
+
+    da, db, dm = delta(a), delta(b), delta(merged)
+    for k in dm:
+        torch.testing.assert_close(dm[k], 0.3 * da[k] + 0.7 * db[k], atol=1e-6, rtol=1e-5)
+    assert any(dm[k].abs().max() > 1e-4 for k in dm)
+
+
+def test_baselines(qsa, trained_rms, rm_data, tmp_path):
+    from click.testing import CliRunner
+
+    from cmaq.cli import main as cli
+
+    rms, _, _ = trained_rms
+    sets = [f"align.qsa={qsa[0]}", f"align.rm_exp={rms / 'exp'}", f"align.rm_ctr={rms / 'ctr'}", "align.contents=16",
+            "align.k=4", "align.lr=0.002", "align.batch_size=8", "align.warmup_steps=1", "align.baseline_epochs=1"]
+    args = sum([["--set", s] for s in sets], [])
+    w0 = _lora(qsa[0])
+    for method in ("dpo", "dpo-lw", "dpo-soup", "morl"):
+        extra = ["--ctr-pairs", str(rm_data / "ctr_pairs")] if method == "dpo" else []
+        result = CliRunner().invoke(cli, [*args, "train", "baseline", "--method", method, "--data",
+                                          str(rm_data / "sft"), "--out", str(tmp_path), *extra])
+        assert result.exit_code == 0, (method, result.output[-2000:])
+        adapter = tmp_path / method / "adapter"
+        w = _lora(adapter)
+        if method == "dpo-soup":
+            assert next(iter(w.values())).shape != next(iter(w0.values())).shape  # twice the rank
+        else:
+            assert any(not torch.allclose(w0[k], w[k]) for k in w0), method
+    prefs = pd.read_parquet(tmp_path / "preferences.parquet")  # built once, shared
+    assert prefs.content_id.nunique() == 16 and prefs.r_exp.between(0, 1).all()
+    missing = CliRunner().invoke(cli, [*args, "train", "baseline", "--method", "dpo", "--data", str(rm_data / "sft"),
+                                       "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "--ctr-pairs" in missing.output

@@ -1,0 +1,178 @@
+"""The baselines users compare CMAQ with. All start from the same QSA adapter, train 3 epochs
+(`align.baseline_epochs`) against the QSA policy as a fixed reference, and write a PEFT adapter.
+
+- ``dpo``: DPO on the CTR pairs mined from the logs (`cmaq data ctr-pairs`).
+- From one preference set built once (k queries per content sampled from QSA, scored by both RMs,
+  ``<out>/preferences.parquet``):
+  - ``dpo-lw``: α·DPO on expansion pairs + (1−α)·DPO on CTR pairs, each objective's pair its best
+    vs worst candidate;
+  - ``dpo-soup``: one adapter per objective, merged with weight α on the exact weight deltas
+    (concatenating the LoRA factors: α·B1A1 + (1−α)·B2A2 = [αB1 | (1−α)B2]·[A1; A2]);
+  - ``morl``: reward α·r_exp + (1−α)·r_ctr, highest vs lowest candidate.
+- Zero-shot is the bare base model (no adapter); it needs no training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cmaq.config import AlignConfig
+
+log = logging.getLogger(__name__)
+METHODS = ("dpo", "dpo-lw", "dpo-soup", "morl")
+
+
+def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path) -> list[dict]:
+    """k QSA queries per content with both rewards, built once and reused by every baseline."""
+    import pandas as pd
+
+    from cmaq.config import EngineConfig
+    from cmaq.engines import make_engine
+    from cmaq.rewards import RewardScorer
+    from training.align import sample_contents, sample_queries
+    from training.sft import base_dir
+
+    by_id = {r["content_id"]: r for r in rows}
+    if path.exists():
+        return [{**r, "item": by_id[r["content_id"]]} for r in pd.read_parquet(path).to_dict("records")]
+    items = sample_contents(rows, cfg.contents, cfg.seed)
+    engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=base_dir(cfg)))
+    candidates = sample_queries(engine, items, cfg, cfg.qsa, cfg.seed)
+    flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
+    scores = RewardScorer(cfg.rm_exp, cfg.rm_ctr).score([f[0] for f in flat], [f[1] for f in flat])
+    prefs = [{"content_id": it["content_id"], "query": q, "r_exp": float(e), "r_ctr": float(c)}
+             for (it, q), e, c in zip(flat, scores.r_exp, scores.r_ctr)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(prefs).to_parquet(path, index=False)
+    return [{**p, "item": by_id[p["content_id"]]} for p in prefs]
+
+
+def best_vs_worst(prefs: list[dict], key) -> list[dict]:
+    """Per content, the candidate with the highest ``key`` against the one with the lowest (skipped
+    when they tie)."""
+    groups: dict[str, list[dict]] = {}
+    for p in prefs:
+        groups.setdefault(p["content_id"], []).append(p)
+    pairs = []
+    for cands in groups.values():
+        hi, lo = max(cands, key=key), min(cands, key=key)
+        if key(hi) > key(lo):
+            pairs.append({"item": hi["item"], "chosen": hi["query"], "rejected": lo["query"]})
+    return pairs
+
+
+def ctr_log_pairs(path: str, limit: int, seed: int) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = [r for r in pq.read_table(path).to_pylist() if r["split"] == "train"]
+    rng = np.random.default_rng(seed)
+    rows = [rows[i] for i in rng.permutation(len(rows))[:limit]]
+    return [{"item": r, "chosen": r["y_plus"], "rejected": r["y_minus"]} for r in rows]
+
+
+def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[float] | None = None) -> dict:
+    """DPO (β = β0, no NLL term) from the QSA adapter with QSA as the fixed reference."""
+    import torch
+
+    from cmaq.losses import consistent_dpo_loss
+    from training.align import reference_logps
+    from training.loop import train
+    from training.policy import encode, load_policy, sequence_logps
+    from training.reward_models.models import tokenizer_of
+    from training.sft import base_dir, save_policy
+
+    if not pairs:
+        raise RuntimeError(f"{out.name}: no preference pairs")
+    model_dir = base_dir(cfg)
+    tokenizer = tokenizer_of(model_dir)
+    torch.manual_seed(cfg.seed)
+    model = load_policy(model_dir, cfg.qsa, trainable=True)
+    reference_logps(model, tokenizer, pairs, cfg)
+    encoded = [(encode(tokenizer, p["item"], p["chosen"], cfg.max_prompt_tokens),
+                encode(tokenizer, p["item"], p["rejected"], cfg.max_prompt_tokens)) for p in pairs]
+    ref_c = torch.tensor([p["ref_chosen"] for p in pairs])
+    ref_l = torch.tensor([p["ref_rejected"] for p in pairs])
+    w = torch.tensor(weights if weights is not None else [1.0] * len(pairs))
+
+    def step_loss(idx: list[int]):
+        logps, _ = sequence_logps(model, [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx],
+                                  tokenizer.pad_token_id)
+        n = len(idx)
+        return (w[idx] * consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], cfg.beta0)).mean()
+
+    metrics = train(model, len(pairs), step_loss, replace(cfg, epochs=cfg.baseline_epochs), out, lambda: {}, out.name)
+    save_policy(model, out, cfg)
+    return {"pairs": len(pairs), **{k: metrics[k] for k in ("steps", "loss_first", "loss_last20")}}
+
+
+def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
+    """α·(adapter a's weight delta) + (1−α)·(adapter b's), exactly, as one LoRA adapter of twice the rank."""
+    from safetensors.torch import load_file, save_file
+
+    cfg_a = json.loads((a / "adapter_config.json").read_text())
+    cfg_b = json.loads((b / "adapter_config.json").read_text())
+    if (cfg_a["r"], cfg_a["lora_alpha"]) != (cfg_b["r"], cfg_b["lora_alpha"]):
+        raise ValueError("the two adapters must share r and lora_alpha")
+    wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    if set(wa) != set(wb):
+        raise ValueError("the two adapters must adapt the same modules")
+    merged = {}
+    for key, value in wa.items():
+        if "lora_A" in key:
+            merged[key] = torch_cat([value, wb[key]], 0)
+        elif "lora_B" in key:
+            merged[key] = torch_cat([alpha * value, (1 - alpha) * wb[key]], 1)
+        else:
+            raise ValueError(f"cannot merge {key}: only LoRA factors are supported")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(merged, str(out / "adapter_model.safetensors"))
+    # Twice the rank with twice the alpha keeps the scale alpha/r, so the merge is exact.
+    (out / "adapter_config.json").write_text(json.dumps({**cfg_a, "r": 2 * cfg_a["r"],
+                                                         "lora_alpha": 2 * cfg_a["lora_alpha"]}, indent=2))
+    return out
+
+
+def torch_cat(tensors, dim: int):
+    import torch
+
+    return torch.cat([t.contiguous() for t in tensors], dim).contiguous()
+
+
+def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None) -> dict:
+    import pyarrow.parquet as pq
+
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}: use one of {METHODS}")
+    for path in (data, cfg.qsa, cfg.rm_exp, cfg.rm_ctr):
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: missing")
+    out = Path(cfg.out or "runs/baselines")
+    target = out / method
+    if method == "dpo":
+        if not ctr_pairs:
+            raise ValueError("dpo trains on the mined CTR pairs: give --ctr-pairs")
+        result = train_dpo(cfg, ctr_log_pairs(ctr_pairs, cfg.contents, cfg.seed), target)
+    else:
+        prefs = build_preference_set(cfg, pq.read_table(data).to_pylist(), out / "preferences.parquet")
+        exp_pairs = best_vs_worst(prefs, lambda p: p["r_exp"])
+        ctr_pairs_ = best_vs_worst(prefs, lambda p: p["r_ctr"])
+        a = cfg.alpha
+        if method == "morl":
+            result = train_dpo(cfg, best_vs_worst(prefs, lambda p: a * p["r_exp"] + (1 - a) * p["r_ctr"]), target)
+        elif method == "dpo-lw":
+            # Weights 2α and 2(1−α) over the two pair sets: with equal counts, α·L_exp + (1−α)·L_ctr.
+            weights = [2 * a] * len(exp_pairs) + [2 * (1 - a)] * len(ctr_pairs_)
+            result = train_dpo(cfg, exp_pairs + ctr_pairs_, target, weights)
+        else:
+            r_exp = train_dpo(cfg, exp_pairs, out / "soup-exp")
+            r_ctr = train_dpo(cfg, ctr_pairs_, out / "soup-ctr")
+            merge_lora_soup(out / "soup-exp" / "adapter", out / "soup-ctr" / "adapter", a, target / "adapter")
+            result = {"exp": r_exp, "ctr": r_ctr}
+    result = {"method": method, "alpha": cfg.alpha, "adapter": str(target / "adapter"), **result}
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "summary.json").write_text(json.dumps(result, indent=2))
+    return result
