@@ -95,7 +95,7 @@ def refresh(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Refres
 
 def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: RefreshReport, timer) -> None:
     from cmaq.pool.ops import publish_delta
-    from cmaq.pool.versions import current_version, read_manifest, version_frames
+    from cmaq.pool.versions import current_version, named_keys, read_manifest, version_frames
 
     version = current_version(root)
     if version is None:
@@ -115,9 +115,7 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
         content = read_content(spark, content_source)
         candidates = content.filter(F.expr("unix_millis(updated_at)") > F.lit(since)).cache()
         served = version_frames(spark, root / "versions" / version)
-        served_keys = served["pool"].select(*KEY).unionByName(served["dropped"].select(*KEY)).unionByName(
-            served["quarantine"].select(*KEY))
-        classified = classify(candidates, served_keys).cache()
+        classified = classify(candidates, named_keys(served, KEY)).cache()
         by_change = {r[0]: int(r[1]) for r in classified.groupBy("change").count().collect()}
     report.counts = {"candidates": sum(by_change.values()), **{k: by_change.get(k, 0)
                                                               for k in ("new", "changed", "unchanged")}}
@@ -148,11 +146,9 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
 
 def _check_every_item_once(frames: dict, todo: DataFrame) -> None:
     """Every item asked for comes out (as served, dropped or quarantined rows) and no other does."""
-    out = (frames["pool"].select("content_id").union(frames["dropped"].select("content_id"))
-           .union(frames["quarantine"].select("content_id")).distinct())
-    asked = todo.select("content_id").distinct()
-    missing = asked.join(out, "content_id", "left_anti").count()
-    extra = out.join(asked, "content_id", "left_anti").count()
+    from cmaq.pool.versions import unaccounted
+
+    missing, extra = unaccounted(frames, todo)
     if missing or extra:
         raise RuntimeError(f"nearline generation lost {missing} items and invented {extra}; nothing published")
 

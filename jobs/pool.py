@@ -30,8 +30,8 @@ from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig, config_hash
 from cmaq.pool import atomic_write, new_op_id, write_record
-from cmaq.pool.versions import (TABLES, current_version, kv_items, read_manifest, read_pool_table, version_frames,
-                                write_tables)
+from cmaq.pool.versions import (TABLES, current_version, kv_items, named_keys, read_manifest, read_pool_table,
+                                unaccounted, version_frames, write_tables)
 from cmaq.schema import POOL_SCHEMA, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -372,11 +372,7 @@ def _carried_keys(keyed: DataFrame, prev_frames: dict | None) -> DataFrame:
     adapter and config: they are carried forward instead of regenerated."""
     if prev_frames is None:
         return keyed.select(*KEY).limit(0)
-    seen = None
-    for df in prev_frames.values():
-        t = df.select(*KEY)
-        seen = t if seen is None else seen.unionByName(t)
-    return keyed.select(*KEY).join(seen.distinct(), list(KEY), "inner")
+    return keyed.select(*KEY).join(named_keys(prev_frames, KEY), list(KEY), "inner")
 
 
 def _plan_id(todo: DataFrame, n: int, versions: dict) -> str:
@@ -419,13 +415,8 @@ def _counts(written: dict) -> dict:
 
 
 def _gates(written: dict, content: DataFrame, counts: dict, cfg: CmaqConfig, prev_manifest: dict | None) -> dict:
-    pool, dropped, quarantine = written["pool"], written["dropped"], written["quarantine"]
-    dupes = pool.groupBy("content_id", "query").count().filter("count > 1").count()
-    ids = content.select("content_id").distinct()
-    accounted = (pool.select("content_id").union(dropped.select("content_id"))
-                 .union(quarantine.select("content_id")).distinct())
-    missing = ids.join(accounted, "content_id", "left_anti").count()
-    extra = accounted.join(ids, "content_id", "left_anti").count()
+    dupes = written["pool"].groupBy("content_id", "query").count().filter("count > 1").count()
+    missing, extra = unaccounted(written, content)
     n = max(counts.get("read", 0), 1)
     q_rate = counts["quarantined"] / n
     gates = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
@@ -48,6 +49,7 @@ class KVSink(Protocol):
     def versions(self) -> list[str]: ...
     def retire_version(self, version: str, grace_s: float) -> None: ...
     def item_sizes(self, version: str, n: int) -> list[int]: ...
+    size_method: str  # what item_sizes measures, for the kv-size report
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None: ...
     def release(self, name: str, owner: str) -> None: ...
     def delete_items(self, version: str, content_ids: Iterable[str]) -> None: ...
@@ -58,6 +60,8 @@ class KVSink(Protocol):
 
 class SQLiteSink:
     """One table of (version, content_id) -> value and one of metadata (the pointer, versions)."""
+
+    size_method = "sqlite stored bytes (lower bound)"
 
     def __init__(self, url: str, prefix: str = "cmaq", batch: int = 5000):
         self.url, self.prefix, self.batch = url, prefix, batch
@@ -76,14 +80,15 @@ class SQLiteSink:
             con.execute("CREATE TABLE IF NOT EXISTS retired (prefix TEXT, version TEXT, expires REAL,"
                         " PRIMARY KEY (prefix, version))")
 
-    def _conn(self) -> sqlite3.Connection:
-        return sqlite3.connect(self.path, timeout=30, isolation_level=None)
+    def _conn(self) -> closing[sqlite3.Connection]:
+        """A connection closed on leaving the ``with`` block (sqlite3's own context manager only
+        commits), in autocommit mode: transactions are explicit BEGIN ... COMMIT."""
+        return closing(sqlite3.connect(self.path, timeout=30, isolation_level=None))
 
     def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int:
         n = 0
         self._sweep()
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("INSERT OR IGNORE INTO versions VALUES (?, ?, ?)", (self.prefix, version, time.time()))
             buf: list[tuple] = []
             for content_id, value in items:
@@ -91,8 +96,6 @@ class SQLiteSink:
                 if len(buf) >= self.batch:
                     n += self._flush(con, buf)
             n += self._flush(con, buf)
-        finally:
-            con.close()
         return n
 
     @staticmethod
@@ -112,51 +115,35 @@ class SQLiteSink:
                                (self.prefix, version)).fetchone()[0]
 
     def get(self, version: str, content_id: str) -> bytes | None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             row = con.execute("SELECT value FROM kv WHERE prefix = ? AND version = ? AND content_id = ?",
                               (self.prefix, version, content_id)).fetchone()
-        finally:
-            con.close()
         return row[0] if row else None
 
     def pointer(self) -> str | None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:current",)).fetchone()
-        finally:
-            con.close()
         return row[0] if row else None
 
     def set_pointer(self, version: str) -> None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"{self.prefix}:current", version))
-        finally:
-            con.close()
 
     def versions(self) -> list[str]:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             rows = con.execute("SELECT version FROM versions WHERE prefix = ? ORDER BY created", (self.prefix,)).fetchall()
-        finally:
-            con.close()
         return [r[0] for r in rows]
 
     def delete_items(self, version: str, content_ids: Iterable[str]) -> None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("BEGIN")
             con.executemany("DELETE FROM kv WHERE prefix = ? AND version = ? AND content_id = ?",
                             [(self.prefix, version, c) for c in content_ids])
             con.execute("COMMIT")
-        finally:
-            con.close()
 
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None:
         """Take the lease row if it is free or expired; else return its holder."""
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("BEGIN IMMEDIATE")  # one writer decides at a time
             row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",)).fetchone()
             now = time.time()
@@ -169,36 +156,27 @@ class SQLiteSink:
                         (f"{self.prefix}:lease:{name}", json.dumps([owner, now + ttl_s])))
             con.execute("COMMIT")
             return None
-        finally:
-            con.close()
 
     def release(self, name: str, owner: str) -> None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("BEGIN IMMEDIATE")
             row = con.execute("SELECT value FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",)).fetchone()
             if row and json.loads(row[0])[0] == owner:
                 con.execute("DELETE FROM meta WHERE key = ?", (f"{self.prefix}:lease:{name}",))
             con.execute("COMMIT")
-        finally:
-            con.close()
 
     def retire_version(self, version: str, grace_s: float) -> None:
         """Take the version out of the list at once; its rows go at the first write after the grace."""
-        con = self._conn()
-        try:
+        with self._conn() as con:
             con.execute("BEGIN")
             con.execute("DELETE FROM versions WHERE prefix = ? AND version = ?", (self.prefix, version))
             con.execute("INSERT OR REPLACE INTO retired VALUES (?, ?, ?)", (self.prefix, version, time.time() + grace_s))
             con.execute("COMMIT")
-        finally:
-            con.close()
         if grace_s <= 0:
             self._sweep()
 
     def _sweep(self) -> None:
-        con = self._conn()
-        try:
+        with self._conn() as con:
             expired = [r[0] for r in con.execute("SELECT version FROM retired WHERE prefix = ? AND expires <= ?",
                                                  (self.prefix, time.time())).fetchall()]
             for version in expired:
@@ -206,18 +184,13 @@ class SQLiteSink:
                 con.execute("DELETE FROM kv WHERE prefix = ? AND version = ?", (self.prefix, version))
                 con.execute("DELETE FROM retired WHERE prefix = ? AND version = ?", (self.prefix, version))
                 con.execute("COMMIT")
-        finally:
-            con.close()
 
     def item_sizes(self, version: str, n: int) -> list[int]:
         """Stored bytes (key + value) of up to ``n`` items: SQLite adds a few bytes per row and the
         primary-key index on top, so treat it as a lower bound."""
-        con = self._conn()
-        try:
+        with self._conn() as con:
             rows = con.execute("SELECT length(prefix) + length(version) + length(content_id) + length(value) FROM kv"
                                " WHERE prefix = ? AND version = ? LIMIT ?", (self.prefix, version, n)).fetchall()
-        finally:
-            con.close()
         return [int(r[0]) for r in rows]
 
 
@@ -227,6 +200,8 @@ class SQLiteSink:
 class RedisSink:
     """String keys per item, a sorted set of versions, and the pointer key; bulk writes pipelined
     without MULTI (a load is verified as a whole before the pointer moves, so it needs no transaction)."""
+
+    size_method = "redis MEMORY USAGE"
 
     def __init__(self, url: str, prefix: str = "cmaq", batch: int = 500, flush_every: int = 10,
                  timeout: float = 5.0):
@@ -435,8 +410,7 @@ def estimate_size(sink: KVSink, sample: int = 200, version: str | None = None) -
     if not sizes:
         raise LookupError(f"version {version} has no items in the cache")
     mean = statistics.fmean(sizes)
-    method = "redis MEMORY USAGE" if isinstance(sink, RedisSink) else "sqlite stored bytes (lower bound)"
-    return {"version": version, "items": items, "sampled": len(sizes), "method": method,
+    return {"version": version, "items": items, "sampled": len(sizes), "method": sink.size_method,
             "bytes_per_item_mean": round(mean, 1), "bytes_per_item_p95": sizes[int(0.95 * (len(sizes) - 1))],
             "version_bytes": int(mean * items), "two_versions_bytes": int(2 * mean * items),
             "url": redact_url(sink.url)}

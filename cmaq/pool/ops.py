@@ -50,14 +50,13 @@ def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str
     and renamed into ``deltas/`` with its manifest in one step. A crash between the two leaves the
     cache ahead; rerunning the same operation brings Parquet level."""
     from cmaq.pool.kv import open_sink
-    from cmaq.pool.versions import DELTA_MANIFEST, TABLES, kv_items, read_pool_table, write_tables
+    from cmaq.pool.versions import DELTA_MANIFEST, TABLES, kv_items, named_keys, read_pool_table, write_tables
 
     vdir = Path(cfg.pool.root) / "versions" / version
     tmp = vdir / "deltas" / f".{op_id}.tmp"
     write_tables(frames, tmp)
     written = {name: read_pool_table(spark, tmp / name, schema) for name, schema in TABLES}
-    named = (written["pool"].select("content_id").union(written["dropped"].select("content_id"))
-             .union(written["quarantine"].select("content_id")).distinct())
+    named = named_keys(written)
     served = written["pool"].select("content_id").distinct()
     unserved = sorted(r[0] for r in named.join(served, "content_id", "left_anti").collect())
     counts = {"items": named.count(), "pool_rows": written["pool"].count(), "items_served": served.count(),

@@ -47,16 +47,30 @@ def read_pool_table(spark, path: Path, schema):
     return spark.read.schema(spark_schema(schema)).parquet(str(path)).select(*schema.names)
 
 
+def named_keys(frames: dict, columns: tuple[str, ...] = ("content_id",)):
+    """The distinct ``columns`` over a version's pool, dropped and quarantine tables: the items (or
+    record keys) those tables name, whichever table a row is in."""
+    out = None
+    for df in frames.values():
+        part = df.select(*columns)
+        out = part if out is None else out.unionByName(part)
+    return out.distinct()
+
+
+def unaccounted(frames: dict, expected_ids) -> tuple[int, int]:
+    """(missing, unexpected): expected content ids the tables do not name, and named ids not expected."""
+    named = named_keys(frames)
+    expected = expected_ids.select("content_id").distinct()
+    return (expected.join(named, "content_id", "left_anti").count(),
+            named.join(expected, "content_id", "left_anti").count())
+
+
 def version_frames(spark, vdir: Path) -> dict:
     """The effective ``pool`` / ``dropped`` / ``quarantine`` DataFrames of a version directory."""
     frames = {name: read_pool_table(spark, vdir / name, schema) for name, schema in TABLES}
     for delta in committed_deltas(vdir):
         parts = {name: read_pool_table(spark, delta / name, schema) for name, schema in TABLES}
-        named = None
-        for df in parts.values():
-            ids = df.select("content_id")
-            named = ids if named is None else named.unionByName(ids)
-        named = named.distinct()
+        named = named_keys(parts)
         frames = {name: frames[name].join(named, "content_id", "left_anti").unionByName(parts[name])
                   for name in frames}
     return frames
