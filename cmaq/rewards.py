@@ -35,13 +35,13 @@ def normalise_ctr(raw: Sequence[float], method: str = "sigmoid", groups: Sequenc
         raise ValueError(f"unknown CTR normalisation {method!r}: use one of {NORMALISATIONS}")
     if groups is None:
         raise ValueError("minmax normalisation needs the content of every score (groups)")
-    keys = np.asarray(groups)
-    out = np.empty_like(raw)
-    for key in np.unique(keys):
-        idx = np.flatnonzero(keys == key)
-        lo, hi = raw[idx].min(), raw[idx].max()
-        out[idx] = 0.5 if hi - lo < 1e-12 else (raw[idx] - lo) / (hi - lo)
-    return out
+    import pandas as pd
+
+    by_content = pd.Series(raw).groupby(np.asarray(groups))
+    lo = by_content.transform("min").to_numpy()
+    span = by_content.transform("max").to_numpy() - lo
+    flat = span < 1e-12
+    return np.where(flat, 0.5, (raw - lo) / np.where(flat, 1.0, span))
 
 
 def combine(r_exp, r_ctr, alpha: float, mean: str = "geometric") -> np.ndarray:

@@ -100,22 +100,53 @@ def combined_rewards(scorer, items, candidates, cfg: AlignConfig) -> tuple[np.nd
     return combine(scores.r_exp, scores.r_ctr, cfg.alpha, cfg.mean), scores.r_exp, scores.r_ctr
 
 
-def reference_logps(model, tokenizer, pairs: list[dict], cfg: AlignConfig, batch: int = 16) -> None:
+def encode_pairs(tokenizer, pairs: list[dict], max_prompt_tokens: int) -> list[tuple]:
+    """Each pair's (chosen, rejected) token ids, each a (prompt ids, answer ids); encoded once and used
+    for the reference log-probabilities and every training step."""
+    from training.policy import encode
+
+    return [(encode(tokenizer, p["item"], p["chosen"], max_prompt_tokens),
+             encode(tokenizer, p["item"], p["rejected"], max_prompt_tokens)) for p in pairs]
+
+
+def reference_logps(model, tokenizer, pairs: list[dict], encoded: list[tuple], batch: int = 16) -> None:
     """log π_{t−1}(y|x) of every chosen and rejected query, with the adapter as the previous iteration
     left it (before any update of this iteration); stored on the pairs."""
     import torch
 
-    from training.policy import encode, sequence_logps
+    from training.policy import sequence_logps
 
     model.eval()
     with torch.no_grad():
         for start in range(0, len(pairs), batch):
-            chunk = pairs[start:start + batch]
-            seqs = [encode(tokenizer, p["item"], p[side], cfg.max_prompt_tokens)
-                    for side in ("chosen", "rejected") for p in chunk]
-            logps, _ = sequence_logps(model, seqs, tokenizer.pad_token_id)
-            for i, p in enumerate(chunk):
+            chunk = encoded[start:start + batch]
+            logps, _ = sequence_logps(model, [c for c, _ in chunk] + [r for _, r in chunk], tokenizer.pad_token_id)
+            for i, p in enumerate(pairs[start:start + batch]):
                 p["ref_chosen"], p["ref_rejected"] = float(logps[i]), float(logps[len(chunk) + i])
+
+
+def pair_loss_fn(model, tokenizer, pairs: list[dict], encoded: list[tuple], beta, nll_weight: float = 0.0,
+                 weights: list[float] | None = None):
+    """``step_loss(indices)`` for the training loop: the mean (per-pair weighted) consistent DPO loss of
+    those pairs against their stored reference log-probabilities. ``beta``: a float or one per pair."""
+    import torch
+
+    from cmaq.losses import consistent_dpo_loss
+    from training.policy import sequence_logps
+
+    ref_c = torch.tensor([p["ref_chosen"] for p in pairs])
+    ref_l = torch.tensor([p["ref_rejected"] for p in pairs])
+    beta = torch.as_tensor(beta, dtype=torch.float32).expand(len(pairs))
+    w = torch.tensor(weights if weights is not None else [1.0] * len(pairs))
+
+    def step_loss(idx: list[int]):
+        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+        logps, lengths = sequence_logps(model, seqs, tokenizer.pad_token_id)
+        n = len(idx)
+        loss = consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], beta[idx], nll_weight, lengths[:n])
+        return (w[idx] * loss).mean()
+
+    return step_loss
 
 
 def with_adaptive_beta(pairs: list[dict], cfg: AlignConfig) -> None:
@@ -134,26 +165,14 @@ def with_adaptive_beta(pairs: list[dict], cfg: AlignConfig) -> None:
         p["beta_tilde"] = b
 
 
-def train_iteration(model, tokenizer, pairs: list[dict], cfg: AlignConfig, iter_dir: Path, t: int) -> dict:
+def train_iteration(model, tokenizer, pairs: list[dict], encoded: list[tuple], cfg: AlignConfig, iter_dir: Path,
+                    t: int) -> dict:
     import torch
 
-    from cmaq.losses import consistent_dpo_loss
     from training.loop import train
-    from training.policy import encode, sequence_logps
 
-    encoded = [(encode(tokenizer, p["item"], p["chosen"], cfg.max_prompt_tokens),
-                encode(tokenizer, p["item"], p["rejected"], cfg.max_prompt_tokens)) for p in pairs]
-    ref_c = torch.tensor([p["ref_chosen"] for p in pairs])
-    ref_l = torch.tensor([p["ref_rejected"] for p in pairs])
     beta = cfg.beta0 * torch.tensor([p["beta_tilde"] for p in pairs])
-
-    def step_loss(idx: list[int]):
-        seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
-        logps, lengths = sequence_logps(model, seqs, tokenizer.pad_token_id)
-        n = len(idx)
-        return consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], beta[idx],
-                                   cfg.nll_weight, lengths[:n]).mean()
-
+    step_loss = pair_loss_fn(model, tokenizer, pairs, encoded, beta, cfg.nll_weight)
     return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}")
 
 
@@ -206,35 +225,37 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
         pairs_path = iter_dir / "pairs.parquet"
         seed = cfg.seed * 1000 + t
         stats: dict = {"iteration": t, "reference": previous}
-        if pairs_path.exists():  # a killed iteration: same pairs, training resumes from its checkpoint
+        resumed = pairs_path.exists()  # a killed iteration: same pairs, training resumes from its checkpoint
+        if resumed:
             pairs = _load_pairs(pairs_path, items_by_id)
             stats.update(json.loads((iter_dir / "mining.json").read_text()))
+        elif cfg.reuse_first and t > 1:
+            pairs = _load_pairs(out / "iter-1" / "pairs.parquet", items_by_id)
+            stats.update(reused_from=1, tau1=summary[0]["tau1"], tau2=summary[0]["tau2"])
         else:
-            if cfg.reuse_first and t > 1:
-                pairs = _load_pairs(out / "iter-1" / "pairs.parquet", items_by_id)
-                stats.update(reused_from=1, tau1=summary[0]["tau1"], tau2=summary[0]["tau2"])
-            else:
-                if engine is None:
-                    engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir))
-                items = sample_contents(rows, cfg.contents, seed)
-                candidates = sample_queries(engine, items, cfg, previous, seed)
-                rewards, r_exp, r_ctr = combined_rewards(scorer, items, candidates, cfg)
-                tau1, tau2 = thresholds(rewards, cfg)
-                pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed)
-                stats.update(contents=len(items), candidates=int(len(rewards)), tau1=tau1, tau2=tau2,
-                             mean_reward=float(rewards.mean()), mean_r_exp=float(np.nanmean(r_exp)),
-                             mean_r_ctr=float(np.nanmean(r_ctr)))
-            if not pairs:
-                raise RuntimeError(f"iteration {t}: no content had both a positive and a negative; "
-                                   f"raise align.k or align.contents, or loosen τ1/τ2")
-            model = load_policy(model_dir, previous, trainable=True)
-            reference_logps(model, tokenizer, pairs, cfg)
+            if engine is None:
+                engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir))
+            items = sample_contents(rows, cfg.contents, seed)
+            candidates = sample_queries(engine, items, cfg, previous, seed)
+            rewards, r_exp, r_ctr = combined_rewards(scorer, items, candidates, cfg)
+            tau1, tau2 = thresholds(rewards, cfg)
+            pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed)
+            stats.update(contents=len(items), candidates=int(len(rewards)), tau1=tau1, tau2=tau2,
+                         mean_reward=float(rewards.mean()), mean_r_exp=float(np.nanmean(r_exp)),
+                         mean_r_ctr=float(np.nanmean(r_ctr)))
+        if not pairs:
+            raise RuntimeError(f"iteration {t}: no content had both a positive and a negative; "
+                               f"raise align.k or align.contents, or loosen τ1/τ2")
+        encoded = encode_pairs(tokenizer, pairs, cfg.max_prompt_tokens)
+        # π_{t−1}: scores the references before any update, then is trained further as π_t.
+        model = load_policy(model_dir, previous, trainable=True)
+        if not resumed:
+            reference_logps(model, tokenizer, pairs, encoded)
             with_adaptive_beta(pairs, cfg)
             _save_pairs(pairs, pairs_path)
             (iter_dir / "mining.json").write_text(json.dumps(stats, default=str))
         torch.manual_seed(seed)
-        model = load_policy(model_dir, previous, trainable=True)
-        metrics = train_iteration(model, tokenizer, pairs, cfg, iter_dir, t)
+        metrics = train_iteration(model, tokenizer, pairs, encoded, cfg, iter_dir, t)
         save_policy(model, iter_dir, cfg)
         stats.update(pairs=len(pairs), mean_beta_tilde=float(np.mean([p["beta_tilde"] for p in pairs])),
                      mean_r_chosen=float(np.mean([p["r_chosen"] for p in pairs])),

@@ -78,10 +78,9 @@ def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[floa
     """DPO (β = β0, no NLL term) from the QSA adapter with QSA as the fixed reference."""
     import torch
 
-    from cmaq.losses import consistent_dpo_loss
-    from training.align import reference_logps
+    from training.align import encode_pairs, pair_loss_fn, reference_logps
     from training.loop import train
-    from training.policy import encode, load_policy, sequence_logps
+    from training.policy import load_policy
     from training.reward_models.models import tokenizer_of
     from training.sft import base_dir, save_policy
 
@@ -91,19 +90,9 @@ def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[floa
     tokenizer = tokenizer_of(model_dir)
     torch.manual_seed(cfg.seed)
     model = load_policy(model_dir, cfg.qsa, trainable=True)
-    reference_logps(model, tokenizer, pairs, cfg)
-    encoded = [(encode(tokenizer, p["item"], p["chosen"], cfg.max_prompt_tokens),
-                encode(tokenizer, p["item"], p["rejected"], cfg.max_prompt_tokens)) for p in pairs]
-    ref_c = torch.tensor([p["ref_chosen"] for p in pairs])
-    ref_l = torch.tensor([p["ref_rejected"] for p in pairs])
-    w = torch.tensor(weights if weights is not None else [1.0] * len(pairs))
-
-    def step_loss(idx: list[int]):
-        logps, _ = sequence_logps(model, [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx],
-                                  tokenizer.pad_token_id)
-        n = len(idx)
-        return (w[idx] * consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], cfg.beta0)).mean()
-
+    encoded = encode_pairs(tokenizer, pairs, cfg.max_prompt_tokens)
+    reference_logps(model, tokenizer, pairs, encoded)
+    step_loss = pair_loss_fn(model, tokenizer, pairs, encoded, cfg.beta0, weights=weights)
     metrics = train(model, len(pairs), step_loss, replace(cfg, epochs=cfg.baseline_epochs), out, lambda: {}, out.name)
     save_policy(model, out, cfg)
     return {"pairs": len(pairs), **{k: metrics[k] for k in ("steps", "loss_first", "loss_last20")}}
@@ -111,6 +100,7 @@ def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[floa
 
 def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
     """α·(adapter a's weight delta) + (1−α)·(adapter b's), exactly, as one LoRA adapter of twice the rank."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     cfg_a = json.loads((a / "adapter_config.json").read_text())
@@ -123,9 +113,9 @@ def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
     merged = {}
     for key, value in wa.items():
         if "lora_A" in key:
-            merged[key] = torch_cat([value, wb[key]], 0)
+            merged[key] = torch.cat([value, wb[key]], 0)
         elif "lora_B" in key:
-            merged[key] = torch_cat([alpha * value, (1 - alpha) * wb[key]], 1)
+            merged[key] = torch.cat([alpha * value, (1 - alpha) * wb[key]], 1)
         else:
             raise ValueError(f"cannot merge {key}: only LoRA factors are supported")
     out.mkdir(parents=True, exist_ok=True)
@@ -134,12 +124,6 @@ def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
     (out / "adapter_config.json").write_text(json.dumps({**cfg_a, "r": 2 * cfg_a["r"],
                                                          "lora_alpha": 2 * cfg_a["lora_alpha"]}, indent=2))
     return out
-
-
-def torch_cat(tensors, dim: int):
-    import torch
-
-    return torch.cat([t.contiguous() for t in tensors], dim).contiguous()
 
 
 def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None) -> dict:
