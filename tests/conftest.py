@@ -16,6 +16,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def command_json(output: str) -> dict:
+    """A command's JSON document out of CliRunner output (Spark and pandas may print warnings around it)."""
+    import json
+
+    return json.JSONDecoder().raw_decode(output[output.index("{"):])[0]
+
+
 @pytest.fixture(scope="session")
 def small_world_config() -> WorldConfig:
     # Small chunks and part files so that chunking and part rotation are exercised.

@@ -19,7 +19,7 @@ from cmaq.cli import main as cli
 from cmaq.config import load_config
 from jobs.pool import EXIT_GATES, EXIT_OK, build_pool
 
-from conftest import REPO
+from conftest import REPO, command_json
 
 DOUBLE = "engine.backend=tests.doubles.engines:PlantingEngine"
 # The test's own patterns for what the engine double planted (not the filters' code).
@@ -187,7 +187,7 @@ def test_pool_build_command(spark, small_world, tmp_path):
     result = CliRunner().invoke(cli, ["--set", DOUBLE, "pool", "build", "--content", str(path),
                                       "--root", str(tmp_path / "pool")])
     assert result.exit_code == 0, result.output[-2000:]
-    assert json.loads(result.output[result.output.index("{"):])["status"] == "published"
+    assert command_json(result.output)["status"] == "published"
     missing = CliRunner().invoke(cli, ["sql", "run", str(REPO / "sql" / "top_queries.sql"), "--pool", str(tmp_path)])
     assert missing.exit_code == 2 and "no published pool version" in missing.output
 
@@ -215,18 +215,13 @@ def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_p
     assert miss.exit_code == 4 and "miss" in miss.output
     size = CliRunner().invoke(cli, [*args[:-1], "kv-size", "--sample", "10"])
     assert size.exit_code == 0, size.output
-    figures = _json(size.output)
+    figures = command_json(size.output)
     assert figures["items"] == report.counts["pool_items"] and figures["sampled"] == 10
     assert figures["bytes_per_item_mean"] > 100 and "test-secret" not in size.output
     # a second writer is refused while the lease is held
     with Lease(open_sink(kv_url, f"t{backend}"), "someone-else", ttl_s=60):
         blocked = build_pool(spark, load_config(None, opts), str(path))
     assert blocked.exit_code == 1 and "someone-else" in blocked.error
-
-
-def _json(output: str) -> dict:
-    """The command's JSON document (Spark and pandas may print warnings around it)."""
-    return json.JSONDecoder().raw_decode(output[output.index("{"):])[0]
 
 
 def _kv_url(backend: str, tmp_path: Path, request) -> str:
@@ -284,7 +279,7 @@ def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_
     args = [*sum([["--set", o] for o in opts], []), "pool", "purge", "--content-id", victim, "--term", term]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    record = json.loads(result.output)
+    record = command_json(result.output)
     after = _served(spark, root)
     assert victim not in set(after.content_id) and not after["query"].str.contains(term).any()
     assert len(after) == len(before) - record["queries_removed"] > 0
@@ -326,7 +321,7 @@ def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_worl
     args = [*sum([["--set", o] for o in opts], []), "pool", "refresh", "--content", str(path)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output[-3000:]
-    out = _json(result.output)
+    out = command_json(result.output)
     assert out["counts"] == {"candidates": 6, "new": 2, "changed": 2, "unchanged": 2, "generated": 4}
     assert out["delta"]["items"] == 4 and out["version"] == nightly.run_id
     reader = Reader(kv_url, "nl")
@@ -341,7 +336,7 @@ def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_worl
     assert not served.duplicated(["content_id", "query"]).any()
     # the watermark advanced: a second refresh finds nothing
     again = CliRunner().invoke(cli, args)
-    assert again.exit_code == 0 and _json(again.output)["status"] == "nothing_to_do"
+    assert again.exit_code == 0 and command_json(again.output)["status"] == "nothing_to_do"
     # the next nightly agrees with what the refresh made: everything is carried forward
     next_night = build_pool(spark, load_config(None, opts), str(path))
     assert next_night.counts["read"] == 202 and next_night.counts["generated"] == 0, next_night.counts

@@ -155,7 +155,7 @@ def test_score_command_adds_rewards_to_the_pool(trained_rms, small_world, spark,
     import pyarrow.parquet as pq
 
     from cmaq.config import load_config
-    from conftest import REPO
+    from conftest import REPO, command_json
     from jobs.pool import build_pool
 
     # Spark's Python workers import the engine double by name.
@@ -172,7 +172,7 @@ def test_score_command_adds_rewards_to_the_pool(trained_rms, small_world, spark,
                                       "--out", str(scored)])
     assert result.exit_code == 0, result.output[-2000:]
     df = pd.read_parquet(scored)
-    assert len(df) == json.JSONDecoder().raw_decode(result.output[result.output.index("{"):])[0]["rows"] > 0
+    assert len(df) == command_json(result.output)["rows"] > 0
     assert df["r_exp"].between(0, 1).all() and df["r_ctr"].between(0, 1).all() and df["r_ctr_raw"].notna().all()
     # the same (content, query) scores the same through the scorer directly
     row = df.iloc[0]
