@@ -18,12 +18,15 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test bench dist clean help
+.PHONY: install demo test bench dist clean help reproduce reproduce-gpu-data reproduce-gpu
 
 help:
 	@echo "make demo   - install into $(VENV), then run the main job on embedded defaults"
 	@echo "make test   - install into $(VENV), then run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints JSON figures)"
+	@echo "make reproduce - the whole chain on a world, then reports/reproduction.md (CPU, <= 90 min on 2 cores)"
+	@echo "make reproduce-gpu-data - prepare the GPU profile's world and training data here (Spark)"
+	@echo "make reproduce-gpu - the GPU profile's training and evaluation (system python3 with torch)"
 	@echo "make dist   - build the wheel and a venv-pack archive for spark-submit --archives"
 	@echo "make clean  - remove $(VENV), build outputs and demo output"
 
@@ -52,6 +55,22 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/pool.py
 	$(BIN)/python bench/serving.py
+
+REPRODUCE_DIR ?= runs/reproduce
+REPORT_DIR ?= reports
+
+reproduce: $(STAMP)
+	$(BIN)/cmaq reproduce --profile cpu --out $(REPRODUCE_DIR) --report $(REPORT_DIR)
+
+# The GPU machine has torch, transformers and peft but neither Spark nor a way to install: the world
+# and its training data are built here, travel with the tree, and the rest runs there on python3.
+GPU_DIR ?= runs/reproduce-gpu
+reproduce-gpu-data: $(STAMP)
+	$(BIN)/cmaq reproduce --profile gpu --out $(GPU_DIR) --report $(REPORT_DIR)/gpu --stop-after data
+
+reproduce-gpu:
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH python3 -m cmaq.cli reproduce --profile gpu --out $(GPU_DIR) \
+		--report $(REPORT_DIR)/gpu
 
 # The wheel, and a relocatable environment with it installed (Python $(PYTHON), as on the
 # cluster's executors) packed by venv-pack. Unpacked by YARN/Kubernetes as ./env on every executor.

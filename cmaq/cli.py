@@ -332,10 +332,6 @@ def sql_run(sql_file: str, pool_root: str, csv_out: str | None, limit: int) -> N
         click.echo(pdf.head(limit).to_string(index=False))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 # --------------------------------------------------------------------------- training and scoring
 
 
@@ -456,3 +452,94 @@ def score(pool_root: str, content: str, exp_dir: str, ctr_dir: str, out: str, no
     except (FileNotFoundError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     click.echo(json.dumps(summary, indent=2))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def _parse_policy(spec: str):
+    """``METHOD[@ALPHA[@ITERATION]]=ADAPTER``; an empty ADAPTER is the bare base model."""
+    from training.evaluate.offline import Policy
+
+    name, sep, adapter = spec.partition("=")
+    parts = name.split("@")
+    if not sep or not parts[0] or len(parts) > 3:
+        raise BadInput(f"--policy {spec!r}: expected METHOD[@ALPHA[@ITERATION]]=ADAPTER")
+    try:
+        alpha = float(parts[1]) if len(parts) > 1 else None
+        iteration = int(parts[2]) if len(parts) > 2 else None
+    except ValueError:
+        raise BadInput(f"--policy {spec!r}: α must be a number and the iteration an integer") from None
+    if adapter and not Path(adapter).is_dir():
+        raise BadInput(f"--policy {spec!r}: adapter directory {adapter} does not exist")
+    return Policy(parts[0], adapter or None, alpha, iteration)
+
+
+@main.group("eval")
+def eval_() -> None:
+    """Evaluate policies: RM and oracle scores, Pareto fronts, the simulated A/B, the report."""
+
+
+@eval_.command("policies")
+@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False),
+              help="World directory (content and the oracle's ground truth).")
+@click.option("--test-contents", required=True, type=click.Path(exists=True),
+              help="Held-out content ids (test_contents from `cmaq data sft`).")
+@click.option("--rm-exp", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--rm-ctr", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--policy", "policies", multiple=True, required=True, metavar="METHOD[@ALPHA[@IT]]=ADAPTER",
+              help="A policy to evaluate; repeatable. Include qsa (the A/B control). Empty ADAPTER: base model.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate the first N test contents only.")
+@click.option("--out", required=True, help="Directory for the per-content rows (one Parquet per policy).")
+@click.option("--report", required=True, help="Directory for reproduction.md, tables and figures.")
+@click.pass_context
+def eval_policies(ctx: click.Context, world: str, test_contents: str, rm_exp: str, rm_ctr: str,
+                  policies: tuple[str, ...], limit: int | None, out: str, report: str) -> None:
+    """Beam-search every policy on the held-out contents, score, and write the tables and report."""
+    import pandas as pd
+
+    from training.evaluate.offline import Evaluator, load_test_items
+    from training.evaluate.reproduce import write_evaluation
+    from training.sft import base_dir
+
+    cfg = _config(ctx)
+    parsed = [_parse_policy(p) for p in policies]
+    if len({p.name for p in parsed}) != len(parsed):
+        raise BadInput("two --policy options have the same METHOD@ALPHA@ITERATION")
+    try:
+        items = load_test_items(world, test_contents, limit)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    evaluator = Evaluator(base_dir(cfg.sft), rm_exp, rm_ctr, items, out, engine_cfg=cfg.engine,
+                          filters_cfg=cfg.filters)
+    rows = pd.concat([evaluator.rows(p) for p in parsed], ignore_index=True)
+    result = write_evaluation(rows, Path(report), {"world": world, "test contents": len(items)},
+                              cfg.reproduce.bootstrap, cfg.world.seed)
+    click.echo(json.dumps(result, indent=2))
+
+
+@main.command("reproduce")
+@click.option("--profile", type=click.Choice(["cpu", "gpu", "smoke"]), default="cpu", show_default=True,
+              help="Sizes: cpu (make reproduce, 2 cores), gpu (one H100), smoke (tests).")
+@click.option("--out", default=None, help="Working directory (reproduce.out).")
+@click.option("--report", default=None, help="Report directory (reproduce.report).")
+@click.option("--stop-after", default="eval", show_default=True,
+              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "cmaq", "baselines", "ablations", "eval"]),
+              help="Last step to run (e.g. data: prepare a world and its training data for another machine).")
+@click.pass_context
+def reproduce(ctx: click.Context, profile: str, out: str | None, report: str | None, stop_after: str) -> None:
+    """The whole chain on a world: data, reward models, QSA, CMAQ over the α grid, baselines, ablations,
+    evaluation and reports/reproduction.md. Finished steps are skipped, so a killed run resumes."""
+    from training.evaluate.reproduce import Reproduction, profile_config
+
+    obj = ctx.find_root().obj or {}
+    extra = [f"reproduce.{k}={json.dumps(v)}" for k, v in (("out", out), ("report", report)) if v]
+    try:
+        cfg = profile_config(profile, obj.get("config"), (*obj.get("overrides", ()), *extra))
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    result = Reproduction(cfg, progress=lambda m: click.echo(m, err=True)).run(stop_after)
+    click.echo(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

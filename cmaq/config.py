@@ -462,6 +462,39 @@ class AlignConfig(PolicyTrainConfig):
 
 
 @dataclass
+class ReproduceConfig:
+    """`cmaq reproduce` / `make reproduce`: the whole chain on a world and the evaluation report."""
+
+    out: str = _help("Working directory of every step (world, data, RMs, adapters, evaluation rows).",
+                     default="runs/reproduce")
+    report: str = _help("Where reproduction.md, its tables (CSV/JSON) and figures (PNG) go.", default="reports")
+    alphas: list[float] = _help("α grid of CMAQ (each point is a full T-iteration run).",
+                                default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    baseline_alphas: list[float] = _help(
+        "α grid of DPO-LW and MORL (the baselines that train once per α). DPO-Soup trains its two adapters "
+        "once and is merged at every point of `alphas`.", default_factory=lambda: [0.2, 0.4, 0.6, 0.8])
+    ablation_alphas: list[float] = _help("α points of the ablations (the paper's table: 0.4 and 0.6).",
+                                         default_factory=lambda: [0.4, 0.6])
+    test_contents: int = _help("Held-out contents every policy is evaluated on.", default=500)
+    bootstrap: int = _help("Bootstrap rounds for the A/B intervals.", default=2000)
+    backbone_layers: int = _help("0: every model's base is the project's tiny model. Otherwise a random-"
+                                 "initialised Qwen2 of this many layers (the GPU profile).", default=0)
+    backbone_hidden: int = _help("Hidden size of that random-initialised backbone.", default=512)
+
+    def __post_init__(self) -> None:
+        _require(self.backbone_layers >= 0, "reproduce.backbone_layers", "must be >= 0")
+        _require(self.backbone_hidden % 64 == 0 and self.backbone_hidden >= 64, "reproduce.backbone_hidden",
+                 "must be a positive multiple of 64 (attention heads of 64)")
+        for key in ("alphas", "baseline_alphas", "ablation_alphas"):
+            values = getattr(self, key)
+            _require(all(0.0 <= a <= 1.0 for a in values), f"reproduce.{key}", "every α must be in [0, 1]")
+            _require(len(set(values)) == len(values), f"reproduce.{key}", "α values must be distinct")
+        _require(len(self.alphas) >= 1, "reproduce.alphas", "needs at least one α")
+        _require(self.test_contents >= 1, "reproduce.test_contents", "must be >= 1")
+        _require(self.bootstrap >= 100, "reproduce.bootstrap", "must be >= 100")
+
+
+@dataclass
 class CmaqConfig:
     """The whole effective configuration, one section per concern."""
 
@@ -478,6 +511,8 @@ class CmaqConfig:
     sft: PolicyTrainConfig = _help("Query style alignment (QSA): LoRA SFT on D_SFT.",
                                    default_factory=PolicyTrainConfig)
     align: AlignConfig = _help("The CMAQ loop and its ablations.", default_factory=AlignConfig)
+    reproduce: ReproduceConfig = _help("`cmaq reproduce`: the whole chain and its report.",
+                                       default_factory=ReproduceConfig)
 
 
 # --------------------------------------------------------------------------- loading

@@ -55,6 +55,17 @@ def sample_contents(rows: list[dict], n: int, seed: int) -> list[dict]:
     return [by_id[i] for i in ids[:n]]
 
 
+def sampler_engine(cfg: AlignConfig, model_dir: str):
+    """The engine that samples the policy's queries, its prompt budget the one the loss trains with —
+    so a pair's prompt is the prompt its queries were sampled from."""
+    from cmaq.config import EngineConfig
+    from cmaq.engines import make_engine
+
+    new_tokens = EngineConfig().max_new_tokens
+    return make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir,
+                                    max_model_len=cfg.max_prompt_tokens + new_tokens + 1))
+
+
 def sample_queries(engine, items: list[dict], cfg: AlignConfig, adapter: str, seed: int) -> list[list[str]]:
     """k queries per content from the policy (distinct, non-empty)."""
     results = engine.sample(items, k=cfg.k, temperature=cfg.temperature, seed=seed, adapter=adapter)
@@ -194,8 +205,6 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from cmaq.config import EngineConfig
-    from cmaq.engines import make_engine
     from cmaq.rewards import RewardScorer
     from training.policy import load_policy
     from training.reward_models.models import tokenizer_of
@@ -234,7 +243,7 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
             stats.update(reused_from=1, tau1=summary[0]["tau1"], tau2=summary[0]["tau2"])
         else:
             if engine is None:
-                engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir))
+                engine = sampler_engine(cfg, model_dir)
             items = sample_contents(rows, cfg.contents, seed)
             candidates = sample_queries(engine, items, cfg, previous, seed)
             rewards, r_exp, r_ctr = combined_rewards(scorer, items, candidates, cfg)

@@ -30,17 +30,15 @@ def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path) -> list
     """k QSA queries per content with both rewards, built once and reused by every baseline."""
     import pandas as pd
 
-    from cmaq.config import EngineConfig
-    from cmaq.engines import make_engine
     from cmaq.rewards import RewardScorer
-    from training.align import sample_contents, sample_queries
+    from training.align import sample_contents, sample_queries, sampler_engine
     from training.sft import base_dir
 
     by_id = {r["content_id"]: r for r in rows}
     if path.exists():
         return [{**r, "item": by_id[r["content_id"]]} for r in pd.read_parquet(path).to_dict("records")]
     items = sample_contents(rows, cfg.contents, cfg.seed)
-    engine = make_engine(EngineConfig(backend=cfg.sampler, model_dir=base_dir(cfg)))
+    engine = sampler_engine(cfg, base_dir(cfg))
     candidates = sample_queries(engine, items, cfg, cfg.qsa, cfg.seed)
     flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
     scores = RewardScorer(cfg.rm_exp, cfg.rm_ctr).score([f[0] for f in flat], [f[1] for f in flat])

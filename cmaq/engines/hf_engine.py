@@ -54,7 +54,9 @@ class HFEngine:
         self.model.set_adapter(version)
         return version
 
-    def _generate(self, prompts: list[str], adapter_active: bool, **kwargs):
+    def _generate(self, prompts: list[str], adapter_active: bool, scores_only: bool = True, **kwargs):
+        """New tokens per row and, per row and step, the transition scores (``scores_only``) or the raw
+        logits (a tuple over steps of (rows, vocab) tensors)."""
         import contextlib
 
         import torch
@@ -64,11 +66,13 @@ class HFEngine:
                       else contextlib.nullcontext())
         with torch.no_grad(), no_adapter:
             out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, return_dict_in_generate=True,
-                                      output_scores=True, pad_token_id=self.tokenizer.pad_token_id,
+                                      output_scores=scores_only, pad_token_id=self.tokenizer.pad_token_id,
                                       eos_token_id=self.tokenizer.eos_token_id, **kwargs)
+            n_prompt = enc["input_ids"].shape[1]
+            if not scores_only:
+                return out.sequences[:, n_prompt:], out.logits
             scores = self.model.compute_transition_scores(
                 out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=False)
-        n_prompt = enc["input_ids"].shape[1]
         return out.sequences[:, n_prompt:], scores
 
     def _decode(self, tokens, scores) -> tuple[str, float]:
@@ -105,13 +109,8 @@ class HFEngine:
         return results
 
     def _fill(self, results, prompts, slots, adapter_active, per_item, seeds, gen_kwargs) -> None:
-        if seeds is not None:  # sampling: one call per item so its seed alone decides its draws
-            import torch
-
-            for p, s in zip(prompts, slots):
-                torch.manual_seed(seeds[s])
-                tokens, scores = self._generate([p], adapter_active, **gen_kwargs)
-                results[s].candidates = [Candidate(*self._decode(tokens[r], scores[r]), r) for r in range(len(tokens))]
+        if seeds is not None:
+            self._fill_sampled(results, prompts, slots, adapter_active, per_item, seeds, gen_kwargs)
             return
         tokens, scores = self._generate(prompts, adapter_active, **gen_kwargs)
         for i, s in enumerate(slots):
@@ -119,12 +118,54 @@ class HFEngine:
             results[s].candidates = [Candidate(*self._decode(tokens[r], scores[r]), rank)
                                      for rank, r in enumerate(rows)]
 
+    def _fill_sampled(self, results, prompts, slots, adapter_active, per_item, seeds, gen_kwargs) -> None:
+        """Sampling, batched, yet each item's draws depend on its own seed only (not on the batch).
+
+        Every (item, draw) row gets its own torch.Generator; a logits processor adds that row's Gumbel
+        noise to logits / T and decoding takes the argmax — the Gumbel-max trick, an exact sample from
+        softmax(logits / T). transformers' own sampling would draw every row from one global RNG, so an
+        item's queries would change with the other items in its batch. Log-probabilities reported are
+        the model's own (temperature 1) of the drawn tokens.
+        """
+        import torch
+
+        row_seeds = [seeds[s] * 1009 + r for s in slots for r in range(per_item)]
+        gumbel = _RowGumbel(row_seeds, float(gen_kwargs.get("temperature", 1.0)))
+        rows = [p for p in prompts for _ in range(per_item)]
+        tokens, logits = self._generate(rows, adapter_active, do_sample=False, num_beams=1, logits_processor=[gumbel],
+                                        output_logits=True, scores_only=False)
+        steps = torch.stack(logits, dim=1).float().log_softmax(-1)          # (rows, steps, vocab)
+        logps = steps.gather(-1, tokens[:, :steps.shape[1]].unsqueeze(-1)).squeeze(-1)
+        for i, s in enumerate(slots):
+            results[s].candidates = [Candidate(*self._decode(tokens[r], logps[r]), rank)
+                                     for rank, r in enumerate(range(i * per_item, (i + 1) * per_item))]
+
     def beam(self, items: Sequence[Mapping], width: int = 5, adapter: str | None = None) -> list[GenResult]:
         return self._run(items, adapter, width, num_beams=width, num_return_sequences=width, do_sample=False,
                          early_stopping=True, length_penalty=self.cfg.length_penalty)
 
     def sample(self, items: Sequence[Mapping], k: int, temperature: float, seed: int,
                adapter: str | None = None) -> list[GenResult]:
+        if temperature <= 0:
+            raise ValueError(f"sampling temperature must be > 0, got {temperature}")
         seeds = {i: request_seed(seed, content_id_of(it)) for i, it in enumerate(items)}
-        return self._run(items, adapter, k, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                         num_return_sequences=k, seeds=seeds)
+        return self._run(items, adapter, k, temperature=temperature, seeds=seeds)
+
+
+class _RowGumbel:
+    """Logits processor: logits / T plus Gumbel(0, 1) noise drawn from each row's own generator."""
+
+    def __init__(self, row_seeds: list[int], temperature: float):
+        import torch
+
+        self.temperature = temperature
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} generators")
+        u = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators]).to(scores.device)
+        noise = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+        return scores.float() / self.temperature + noise

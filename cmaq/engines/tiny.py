@@ -203,6 +203,42 @@ def build_tiny_model(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str | 
     return out
 
 
+def build_random_backbone(out: str | Path, hidden: int, layers: int, seed: int = 0,
+                          tokenizer_from: str | Path | None = None) -> Path:
+    """A random-initialised Qwen2 of ``layers`` × ``hidden`` with the tiny model's tokenizer (heads of 64,
+    4 query heads per key/value head), written to ``out``. Nothing is pretrained: QSA teaches it the task."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = Path(out)
+    if (out / "DONE").exists():
+        return out
+    source = Path(tokenizer_from or build_tiny_model())
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    heads = max(1, hidden // 64)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 4), max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id, rope_theta=10000.0))
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    params = sum(p.numel() for p in model.parameters())
+    (tmp / "cmaq_tiny.json").write_text(json.dumps({"random_init": True, "hidden": hidden, "layers": layers,
+                                                    "parameters": params, "seed": seed}, indent=2))
+    (tmp / "DONE").write_text("ok\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("random backbone (%d parameters): %s", params, out)
+    return out
+
+
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,0 +1,196 @@
+"""Evaluation maths (fronts, hypervolume, bootstrap), the claim verdicts, and the reproduction chain."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.evaluate import claims as cl
+from training.evaluate.stats import bootstrap_mean, bootstrap_relative_delta, hypervolume_2d, pareto_front
+from training.evaluate.tables import hypervolumes, reward_hacking
+
+
+def test_pareto_front_drops_dominated_points_and_duplicates():
+    pts = [(1, 3), (2, 2), (3, 1), (1, 1), (2, 2), (0.5, 3), (3, 0.5)]
+    assert pareto_front(pts).tolist() == [[1, 3], [2, 2], [3, 1]]
+    assert pareto_front([(1, 1)]).tolist() == [[1, 1]]
+    assert len(pareto_front(np.empty((0, 2)))) == 0
+
+
+@pytest.mark.parametrize("points,ref,area", [
+    ([(1, 3), (2, 2), (3, 1)], (0, 0), 6.0),              # three unit-wide strips of height 3, 2, 1
+    ([(1, 3), (2, 2), (3, 1), (1, 1)], (0, 0), 6.0),      # a dominated point adds nothing
+    ([(1, 3), (2, 2), (3, 1)], (0.5, 0.5), 3.25),         # 0.5·2.5 + 1·1.5 + 1·0.5
+    ([(2, 2)], (1, 1), 1.0),
+    ([(2, 2), (0.5, 5)], (1, 1), 1.0),                    # below the reference on x: ignored
+    ([], (0, 0), 0.0),
+])
+def test_hypervolume_matches_hand_computed_areas(points, ref, area):
+    assert hypervolume_2d(points, ref) == pytest.approx(area)
+
+
+def test_bootstrap_of_a_constant_has_no_spread():
+    out = bootstrap_mean(np.full(50, 0.3), rounds=500)
+    assert out == pytest.approx({"mean": 0.3, "se": 0.0, "lo": 0.3, "hi": 0.3})
+
+
+def test_bootstrap_of_two_points_matches_the_exact_resampling_distribution():
+    # Resampling {0, 1} twice: means 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4, so SE = sqrt(1/8)
+    # and the 95% percentile interval is [0, 1].
+    out = bootstrap_mean([0.0, 1.0], rounds=20000, seed=1)
+    assert out["mean"] == 0.5
+    assert out["se"] == pytest.approx(np.sqrt(1 / 8), rel=0.03)
+    assert (out["lo"], out["hi"]) == (0.0, 1.0)
+
+
+def test_bootstrap_se_approaches_the_textbook_standard_error():
+    x = np.random.default_rng(0).normal(size=400)
+    assert bootstrap_mean(x, rounds=4000)["se"] == pytest.approx(x.std() / np.sqrt(len(x)), rel=0.08)
+
+
+def test_relative_delta_is_paired():
+    control = np.random.default_rng(1).uniform(0.01, 0.1, 300)
+    exact = bootstrap_relative_delta(2 * control, control, rounds=500)
+    assert exact == pytest.approx({"delta": 1.0, "se": 0.0, "lo": 1.0, "hi": 1.0})
+    shifted = bootstrap_relative_delta(control * 1.1 + 0.001, control, rounds=2000)
+    assert shifted["lo"] > 0.1 and shifted["lo"] < shifted["delta"] < shifted["hi"]
+    with pytest.raises(ValueError):
+        bootstrap_relative_delta([1.0, 2.0], [1.0], rounds=100)
+
+
+def _summary(rows: list[tuple]) -> pd.DataFrame:
+    cols = ["policy", "method", "alpha", "iteration", "r_ctr", "r_exp", "true_ctr", "true_exp", "combined",
+            "delta_ctr", "delta_ctr_lo", "delta_ctr_hi"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _world(cmaq_shift: float = 0.0) -> pd.DataFrame:
+    """A hand-made world where the paper's claims hold when ``cmaq_shift`` is 0."""
+    s = cmaq_shift
+    rows = [("qsa", "qsa", np.nan, -1, .50, .50, .040, .30, np.nan, 0, 0, 0),
+            ("dpo", "dpo", np.nan, -1, .60, .40, .042, .25, np.nan, .02, .01, .03)]
+    for a, (c, e) in {0.4: (.70, .55), 0.6: (.62, .62)}.items():
+        rows += [(f"cmaq-a{a}-it1", "cmaq", a, 1, c - .05, e - .05, .04, .3, .5, .03, .02, .04),
+                 (f"cmaq-a{a}-it2", "cmaq", a, 2, c - s, e - s, .045, .33, .6 - s, .08, .06, .1),
+                 (f"morl-a{a}", "morl", a, -1, c - .06, e - .04, .043, .31, .55, .05, .04, .06),
+                 (f"cmaq-wo-ot-a{a}", "cmaq-wo-ot", a, -1, c - .2, e, .04, .3, .5, .01, 0, .02),
+                 (f"cmaq-wo-cds-a{a}", "cmaq-wo-cds", a, -1, c + (.02 if a == .4 else -.03), e - .1, .04, .3,
+                  .55, .02, .01, .03),
+                 (f"cmaq-wo-ct-a{a}", "cmaq-wo-ct", a, -1, c - .05, e - .01, .04, .3, .57, .02, .01, .03)]
+    return _summary(rows)
+
+
+def test_claims_reproduce_on_a_world_built_to_satisfy_them():
+    summary = _world()
+    verdicts = {v.claim: v for v in cl.judge(summary, hypervolumes(summary))}
+    assert {c: v.verdict for c, v in verdicts.items()} == {c: cl.REPRODUCED for c in "abcdef"}
+    assert verdicts["f"].evidence["cmaq"]["delta_ctr"] == pytest.approx(0.08)
+
+
+def test_claims_fail_when_the_numbers_say_so():
+    summary = _world(cmaq_shift=0.3)          # CMAQ's final iteration collapses
+    verdicts = {v.claim: v.verdict for v in cl.judge(summary, hypervolumes(summary))}
+    assert verdicts["a"] == cl.NOT_REPRODUCED
+    assert verdicts["e"] == cl.NOT_REPRODUCED
+    assert verdicts["d"] in (cl.PARTLY, cl.NOT_REPRODUCED)
+    no_dpo = summary[summary["method"] != "dpo"]
+    assert cl.claim_b(no_dpo, hypervolumes(no_dpo)).verdict == cl.NOT_TESTED
+
+
+def test_reward_hacking_is_flagged_only_when_rm_and_oracle_disagree():
+    summary = _summary([("qsa", "qsa", np.nan, -1, .5, .5, .040, .30, np.nan, 0, 0, 0),
+                        ("fooled", "cmaq", .4, 1, .8, .3, .030, .25, .5, 0, 0, 0),
+                        ("honest", "morl", .4, -1, .6, .6, .045, .35, .6, 0, 0, 0)])
+    flagged = reward_hacking(summary)
+    assert flagged[["policy", "objective"]].values.tolist() == [["fooled", "ctr"]]
+    assert flagged["oracle_change"].iloc[0] == pytest.approx(-0.01)
+
+
+# ---------------------------------------------------------------------- the chain, reduced
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, small_world, rm_data, trained_rms, spark):
+    """The reproduction chain at smoke size, twice with the same seed. World, data and reward models are
+    the session's (a step is skipped when its output exists); QSA onwards runs in each."""
+    from training.evaluate.reproduce import Reproduction, profile_config
+
+    rms = trained_rms[0]
+    runs = []
+    for name in ("first", "second"):
+        root = tmp_path_factory.mktemp(f"reproduce-{name}")
+        work = root / "work"
+        work.mkdir()
+        for link, target in (("world", small_world), ("data", rm_data), ("rm-exp", rms / "exp"),
+                             ("rm-ctr", rms / "ctr")):
+            (work / link).symlink_to(target, target_is_directory=True)
+        cfg = profile_config("smoke", None, (f'reproduce.out="{work}"', f'reproduce.report="{root / "reports"}"'))
+        messages: list[str] = []
+        result = Reproduction(cfg, spark=spark, progress=messages.append).run()
+        runs.append((root, result, messages, cfg))
+    return runs
+
+
+def test_reproduction_writes_report_tables_and_figures(smoke_runs):
+    root, result, messages, cfg = smoke_runs[0]
+    tables = root / "reports" / "reproduction"
+    for name in ("summary.csv", "summary.json", "hypervolume.csv", "claims.json", "reward_hacking.csv",
+                 "fronts_rm.png", "fronts_oracle.png", "cmaq_iterations.png"):
+        assert (tables / name).stat().st_size > 0, name
+    report = (root / "reports" / "reproduction.md").read_text()
+    for claim in "abcdef":
+        assert f"| ({claim}) |" in report
+    assert "oracle code hash" in report and "world seed" in report
+    assert set(result["claims"]) == set("abcdef")
+    rows = pd.read_parquet(tables / "rows.parquet")
+    per_policy = rows.groupby("policy")["content_id"].agg(["count", "nunique"])
+    assert (per_policy["count"] == cfg.reproduce.test_contents).all()
+    assert (per_policy["nunique"] == cfg.reproduce.test_contents).all()
+    expected = {"zero-shot", "qsa", "dpo", "cmaq-a0.4-it1", "cmaq-a0.4-it2", "cmaq-a0.6-it2", "dpo-soup-a0.6",
+                "dpo-lw-a0.4", "morl-a0.4", "cmaq-wo-ot-a0.4", "cmaq-wo-cds-a0.4", "cmaq-wo-ct-a0.4"}
+    assert expected <= set(per_policy.index)
+    # w/o OT shares CMAQ's first iteration instead of recomputing it
+    assert any("cmaq-wo-ot" in m for m in messages)
+    work = root / "work"
+    assert (work / "cmaq-wo-ot-a0.4" / "iter-1" / "pairs.parquet").read_bytes() == \
+        (work / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes()
+
+
+def test_reproduction_is_deterministic(smoke_runs):
+    (a, *_), (b, *_) = smoke_runs
+    for name in ("summary.csv", "hypervolume.csv", "claims.json", "reward_hacking.csv"):
+        assert (a / "reports" / "reproduction" / name).read_text() == \
+            (b / "reports" / "reproduction" / name).read_text(), name
+
+
+def test_reproduction_resumes_without_redoing_steps(smoke_runs):
+    from training.evaluate.reproduce import Reproduction
+
+    root, _, _, cfg = smoke_runs[0]
+    messages: list[str] = []
+    Reproduction(cfg, progress=messages.append).run()
+    trained = [m for m in messages if m.startswith("[reproduce]") and "skipped" not in m
+               and "evaluating" not in m]
+    assert trained == [], trained
+
+
+def test_eval_cli_evaluates_named_policies(smoke_runs, small_world, rm_data, trained_rms, tmp_path):
+    from click.testing import CliRunner
+
+    from cmaq.cli import main
+    from conftest import command_json
+
+    work = smoke_runs[0][0] / "work"
+    rms = trained_rms[0]
+    args = ["eval", "policies", "--world", str(small_world), "--test-contents", str(rm_data / "test_contents"),
+            "--rm-exp", str(rms / "exp"), "--rm-ctr", str(rms / "ctr"), "--limit", "6",
+            "--out", str(tmp_path / "rows"), "--report", str(tmp_path / "report")]
+    ok = CliRunner().invoke(main, [*args, "--policy", f"qsa={work / 'qsa' / 'adapter'}",
+                                   "--policy", f"cmaq@0.4@2={work / 'cmaq-a0.4' / 'adapter'}", "--policy", "zero-shot="])
+    assert ok.exit_code == 0, ok.output
+    assert command_json(ok.output)["policies"] == 3
+    assert len(pd.read_parquet(tmp_path / "rows" / "cmaq-a0.4-it2.parquet")) == 6
+    bad = CliRunner().invoke(main, [*args, "--policy", "qsa@high=x"])
+    assert bad.exit_code == 2 and "must be a number" in bad.output
+    missing = CliRunner().invoke(main, [*args, "--policy", f"qsa={tmp_path / 'nope'}"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output

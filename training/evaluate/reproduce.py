@@ -1,0 +1,303 @@
+"""`cmaq reproduce`: world → data → reward models → QSA → CMAQ over the α grid → baselines → ablations →
+evaluation → ``reports/reproduction.md``.
+
+Every step writes into ``reproduce.out`` and is skipped when its output is complete, so a killed run
+resumes. Sizes come from a profile (a list of ``section.key=value`` settings, overridable with
+``--set``):
+
+- ``cpu`` (``make reproduce``): the tiny model on 2 cores within 90 minutes, 500 test contents,
+  N = 1,000 contents per iteration, k = 8, T = 3, the full α grid for CMAQ;
+- ``gpu`` (``make reproduce-gpu``): more items and contents and a larger random-initialised backbone;
+- ``smoke``: a few dozen contents, for the tests.
+
+Where one run's result is, by construction, another's, it is reused rather than recomputed: the w/o OT
+ablation's first iteration *is* CMAQ's first iteration at the same α (same seed, same QSA start, same
+rewards), so it is copied.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from cmaq.config import CmaqConfig, load_config, to_dict
+
+log = logging.getLogger(__name__)
+
+_TINY_TRAINING = ["sft.lr=1e-3", "align.lr=1e-3", "align.batch_size=8", "align.warmup_steps=5",
+                  # The method's 1.5 suits a 7B model; the tiny model's samples at 1.5 are mostly byte soup.
+                  "align.temperature=1.0", "sft.epochs=0.3", "sft.batch_size=16"]
+PROFILES: dict[str, list[str]] = {
+    # Prompts cut to 320 tokens (median note prompt: 272) everywhere — sampling, training, scoring and
+    # beams see the same text, and 2 cores fit the chain in 90 minutes.
+    "cpu": ["world.items=4000", "world.seed=11", "rm_exp.epochs=1", "rm_ctr.epochs=1",
+            "engine.max_model_len=353", "sft.max_prompt_tokens=320", "align.max_prompt_tokens=320",
+            "rm_exp.max_len=384", "rm_ctr.max_len=384",
+            "rm_ctr.max_train_examples=8000", "align.contents=1000", "align.k=8", "align.iterations=3",
+            "reproduce.test_contents=500", "reproduce.baseline_alphas=[0.4, 0.6]", *_TINY_TRAINING],
+    # One H100 within 10 minutes: a 12-layer random-initialised backbone instead of the pretrained
+    # tiny model, twice the world; the per-iteration sizes stay those of the CPU profile.
+    "gpu": ["world.items=8000", "world.seed=11", "reproduce.backbone_layers=12", "reproduce.backbone_hidden=512",
+            "rm_exp.epochs=2", "rm_ctr.epochs=1", "rm_exp.batch_size=64", "rm_ctr.batch_size=64",
+            "rm_exp.finetune=full", "rm_ctr.finetune=full", "align.contents=1000", "align.k=8",
+            "align.iterations=3", "reproduce.test_contents=500", "reproduce.baseline_alphas=[0.4, 0.6]",
+            "sft.lr=3e-4", "sft.epochs=2", "sft.batch_size=64", "align.lr=1e-4", "align.batch_size=32",
+            "align.warmup_steps=5", "align.temperature=1.0", "engine.hf_batch_size=64"],
+    "smoke": ["world.items=400", "world.seed=5", "rm_exp.epochs=0.3", "rm_ctr.epochs=0.2",
+              "rm_ctr.max_train_examples=400", "rm_exp.max_train_examples=300", "align.contents=48", "align.k=6",
+              "align.iterations=2", "align.baseline_epochs=1", "reproduce.test_contents=16",
+              "reproduce.alphas=[0.4, 0.6]", "reproduce.baseline_alphas=[0.4]", "reproduce.ablation_alphas=[0.4]",
+              "reproduce.bootstrap=200", *_TINY_TRAINING],
+}
+ABLATION_SETTINGS = {"cmaq-wo-ot": {"reuse_first": True}, "cmaq-wo-cds": {"mean": "arithmetic"},
+                     "cmaq-wo-ct": {"static_beta": True}}
+MULTI_ALPHA_BASELINES = ("dpo-lw", "morl")
+
+
+def profile_config(profile: str, config_file: str | None = None, overrides: tuple[str, ...] = ()) -> CmaqConfig:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
+    return load_config(config_file, [*PROFILES[profile], *overrides])
+
+
+class Reproduction:
+    """The chain's steps over one configuration; each is idempotent."""
+
+    def __init__(self, cfg: CmaqConfig, spark=None, progress=print):
+        self.cfg, self.out = cfg, Path(cfg.reproduce.out)
+        self._spark, self.progress = spark, progress
+        self.timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    def _align_cfg(self, out: Path, alpha: float, **changes):
+        c = self.cfg.align
+        return replace(c, out=str(out), alpha=alpha, qsa=str(self.out / "qsa" / "adapter"),
+                       rm_exp=str(self.out / "rm-exp"), rm_ctr=str(self.out / "rm-ctr"), **changes)
+
+    def _timed(self, name: str, fn, done: Path):
+        if done.exists():
+            self.progress(f"[reproduce] {name}: done earlier, skipped")
+            return
+        self.progress(f"[reproduce] {name} ...")
+        t0 = time.perf_counter()
+        fn()
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.progress(f"[reproduce] {name}: {self.timings[name]:.0f} s")
+
+    # ------------------------------------------------------------------ steps
+    def make_world(self) -> None:
+        from cmaq.world.generate import generate_world
+
+        self._timed("world", lambda: generate_world(self.cfg.world, self.world), self.world / "world.json")
+
+    def make_data(self) -> None:
+        if all((self.data / f"summary_{k}.json").exists() for k in ("sft", "ctr-pairs", "expansion")):
+            self.progress("[reproduce] data: done earlier, skipped")
+            return
+        from training.data.builders import run
+
+        for kind, marker in (("sft", "summary_sft.json"), ("ctr-pairs", "summary_ctr-pairs.json"),
+                             ("expansion", "summary_expansion.json")):
+            self._timed(f"data {kind}", lambda k=kind: run(k, self.cfg, str(self.world), str(self.data), self.spark),
+                        self.data / marker)
+
+    @property
+    def spark(self):
+        if self._spark is None:
+            from cmaq.spark import get_spark
+
+            self._spark = get_spark("cmaq-reproduce")
+        return self._spark
+
+    def train_reward_models(self) -> None:
+        from training.reward_models.train import train_ctr, train_expansion
+
+        for name, fn, section, data in (("rm-exp", train_expansion, self.cfg.rm_exp, "expansion"),
+                                        ("rm-ctr", train_ctr, self.cfg.rm_ctr, "ctr_pairs")):
+            out = self.out / name
+            self._timed(name, lambda: fn(replace(section, out=str(out)), str(self.data / data), str(self.world)),
+                        out / "metrics.json")
+
+    def train_qsa(self) -> None:
+        from training.sft import train_qsa
+
+        out = self.out / "qsa"
+        self._timed("qsa", lambda: train_qsa(replace(self.cfg.sft, out=str(out)), str(self.data / "sft")),
+                    out / "adapter" / "adapter_config.json")
+
+    def run_cmaq(self) -> None:
+        from training.align import run_align
+
+        for alpha in self.cfg.reproduce.alphas:
+            out = self.out / f"cmaq-a{alpha:g}"
+            self._timed(f"cmaq α={alpha:g}", lambda: run_align(self._align_cfg(out, alpha), str(self.data / "sft")),
+                        out / "metrics.json")
+
+    def run_ablations(self) -> None:
+        from training.align import run_align
+
+        for alpha in self.cfg.reproduce.ablation_alphas:
+            for name, changes in ABLATION_SETTINGS.items():
+                out = self.out / f"{name}-a{alpha:g}"
+                if changes.get("reuse_first"):
+                    self._share_first_iteration(alpha, out)
+                self._timed(f"{name} α={alpha:g}",
+                            lambda: run_align(self._align_cfg(out, alpha, **changes), str(self.data / "sft")),
+                            out / "metrics.json")
+
+    def _share_first_iteration(self, alpha: float, out: Path) -> None:
+        """w/o OT only reuses its first iteration's pairs afterwards; that first iteration is exactly
+        CMAQ's at the same α, so CMAQ's finished one is copied in."""
+        src, dst = self.out / f"cmaq-a{alpha:g}" / "iter-1", out / "iter-1"
+        if (src / "DONE").exists() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst)
+
+    def run_baselines(self) -> None:
+        from training.baselines import merge_lora_soup, run_baseline
+
+        data, pairs = str(self.data / "sft"), str(self.data / "ctr_pairs")
+        root = self.out / "baselines"
+        first = self.cfg.reproduce.alphas[0]
+        self._timed("dpo", lambda: run_baseline(self._align_cfg(root, first), "dpo", data, pairs),
+                    root / "dpo" / "summary.json")
+        for alpha in self.cfg.reproduce.baseline_alphas:
+            for method in MULTI_ALPHA_BASELINES:
+                target = root / f"{method}-a{alpha:g}"
+                self._timed(f"{method} α={alpha:g}", lambda m=method, a=alpha, t=target: self._baseline_at(m, a, t),
+                            target / "summary.json")
+        # The soup's two single-objective adapters do not depend on α; merging is exact and cheap.
+        self._timed("dpo-soup", lambda: run_baseline(self._align_cfg(root, first), "dpo-soup", data),
+                    root / "dpo-soup" / "summary.json")
+        for alpha in self.cfg.reproduce.alphas:
+            target = root / f"dpo-soup-a{alpha:g}" / "adapter"
+            if not (target / "adapter_config.json").exists():
+                merge_lora_soup(root / "soup-exp" / "adapter", root / "soup-ctr" / "adapter", alpha, target)
+
+    def _baseline_at(self, method: str, alpha: float, target: Path) -> None:
+        """One α of DPO-LW or MORL, from the preference set every baseline shares (built once in
+        ``baselines/preferences.parquet``)."""
+        from training.baselines import run_baseline
+
+        root = self.out / "baselines"
+        result = run_baseline(self._align_cfg(root, alpha), method, str(self.data / "sft"))
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(str(root / method), str(target))
+        result["adapter"] = str(target / "adapter")
+        (target / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+
+    # ------------------------------------------------------------------ evaluation
+    def policies(self) -> list:
+        from training.evaluate.offline import Policy
+
+        r = self.cfg.reproduce
+        pol = [Policy("zero-shot", None), Policy("qsa", str(self.out / "qsa" / "adapter")),
+               Policy("dpo", str(self.out / "baselines" / "dpo" / "adapter"))]
+        for a in r.alphas:
+            for t in range(1, self.cfg.align.iterations + 1):
+                pol.append(Policy("cmaq", str(self.out / f"cmaq-a{a:g}" / f"iter-{t}" / "adapter"), a, t))
+            pol.append(Policy("dpo-soup", str(self.out / "baselines" / f"dpo-soup-a{a:g}" / "adapter"), a))
+        for a in r.baseline_alphas:
+            pol += [Policy(m, str(self.out / "baselines" / f"{m}-a{a:g}" / "adapter"), a) for m in MULTI_ALPHA_BASELINES]
+        for a in r.ablation_alphas:
+            pol += [Policy(name, str(self.out / f"{name}-a{a:g}" / "adapter"), a) for name in ABLATION_SETTINGS]
+        return pol
+
+    def evaluate(self) -> dict:
+        import pandas as pd
+
+        from training.evaluate.offline import Evaluator, load_test_items
+        from training.sft import base_dir
+
+        items = load_test_items(str(self.world), str(self.data / "test_contents"), self.cfg.reproduce.test_contents)
+        evaluator = Evaluator(base_dir(self.cfg.sft), str(self.out / "rm-exp"), str(self.out / "rm-ctr"), items,
+                              str(self.out / "eval"), engine_cfg=self.cfg.engine, filters_cfg=self.cfg.filters)
+        t0 = time.perf_counter()
+        frames = []
+        for i, policy in enumerate(self.policies(), 1):
+            self.progress(f"[reproduce] evaluating {policy.name} ({i}/{len(self.policies())})")
+            frames.append(evaluator.rows(policy))
+        self.timings["evaluation"] = round(time.perf_counter() - t0, 1)
+        return write_evaluation(pd.concat(frames, ignore_index=True), Path(self.cfg.reproduce.report),
+                                self.provenance(len(items)), self.cfg.reproduce.bootstrap, self.cfg.world.seed)
+
+    def provenance(self, test_contents: int) -> dict:
+        from cmaq.world.oracle import oracle_code_hash
+
+        world = json.loads((self.world / "world.json").read_text("utf-8"))
+        a = self.cfg.align
+        return {"world seed": world["config"]["seed"], "world items": world["config"]["items"],
+                "oracle code hash": oracle_code_hash(), "test contents": test_contents,
+                "contents per iteration (N)": a.contents, "k": a.k, "iterations (T)": a.iterations,
+                "sampling temperature": a.temperature, "CMAQ α grid": self.cfg.reproduce.alphas,
+                "DPO-LW / MORL α grid": self.cfg.reproduce.baseline_alphas,
+                "ablation α": self.cfg.reproduce.ablation_alphas,
+                "step seconds (this run)": self.timings}
+
+    def steps(self) -> dict:
+        return {"world": self.make_world, "data": self.make_data, "backbone": self.make_backbone,
+                "rms": self.train_reward_models, "qsa": self.train_qsa, "cmaq": self.run_cmaq,
+                "baselines": self.run_baselines, "ablations": self.run_ablations, "eval": self.evaluate}
+
+    def run(self, stop_after: str = "eval") -> dict:
+        """Every step up to and including ``stop_after``; the evaluation's result when it ran."""
+        if stop_after not in self.steps():
+            raise ValueError(f"unknown step {stop_after!r}: use one of {', '.join(self.steps())}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=1))
+        t0 = time.perf_counter()
+        result: dict = {}
+        for name, step in self.steps().items():
+            result = step() or {}
+            if name == stop_after:
+                break
+        result.update(stopped_after=stop_after, seconds=round(time.perf_counter() - t0, 1))
+        return result
+
+    def make_backbone(self) -> None:
+        """With ``reproduce.backbone_layers > 0``, a larger random-initialised Qwen2 (the tiny model's
+        tokenizer) replaces the tiny model as every model's base; built where it runs (it is too big to
+        carry and cheap to make), deterministic from the world seed."""
+        r = self.cfg.reproduce
+        if r.backbone_layers == 0:
+            return
+        from cmaq.engines.tiny import build_random_backbone
+
+        out = self.out / "backbone"
+        self._timed("backbone", lambda: build_random_backbone(out, r.backbone_hidden, r.backbone_layers,
+                                                              seed=self.cfg.world.seed), out / "DONE")
+        model_dir = str(out)
+        self.cfg = replace(self.cfg, sft=replace(self.cfg.sft, model_dir=model_dir),
+                           align=replace(self.cfg.align, model_dir=model_dir),
+                           rm_exp=replace(self.cfg.rm_exp, model_dir=model_dir),
+                           rm_ctr=replace(self.cfg.rm_ctr, model_dir=model_dir))
+
+
+def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int) -> dict:
+    """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy."""
+    from training.evaluate.claims import judge
+    from training.evaluate.report import plot_fronts, write_report, write_tables
+    from training.evaluate.tables import hypervolumes, reward_hacking, summarise
+
+    summary = summarise(rows, rounds, seed)
+    hv = hypervolumes(summary)
+    hacking = reward_hacking(summary)
+    verdicts = judge(summary, hv)
+    tables = report_dir / "reproduction"
+    write_tables(tables, summary, hv, hacking, verdicts)
+    rows.to_parquet(tables / "rows.parquet", index=False)
+    figures = plot_fronts(tables, summary)
+    write_report(report_dir / "reproduction.md", summary, hv, hacking, verdicts, provenance, figures, "reproduction")
+    return {"report": str(report_dir / "reproduction.md"), "claims": {v.claim: v.verdict for v in verdicts},
+            "policies": len(summary)}

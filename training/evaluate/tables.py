@@ -1,0 +1,90 @@
+"""From per-content rows (`offline.evaluate_policy`) to the report's tables: one row per policy,
+Pareto fronts with hypervolumes, and the simulated A/B against QSA."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from training.evaluate.stats import bootstrap_mean, bootstrap_relative_delta, hypervolume_2d, pareto_front
+
+#: Objective pairs (x = CTR, y = expansion) per space; the reference point of each is the origin: every
+#: score is a probability, so (0, 0) is dominated by anything and stays fixed across runs.
+SPACES = {"rm": ("r_ctr", "r_exp"), "oracle": ("true_ctr", "true_exp")}
+REFERENCE = (0.0, 0.0)
+MULTI_OBJECTIVE = ("cmaq", "dpo-lw", "dpo-soup", "morl")
+SINGLE_OBJECTIVE = ("dpo",)
+ABLATIONS = ("cmaq-wo-ot", "cmaq-wo-cds", "cmaq-wo-ct")
+CONTROL = "qsa"
+
+
+def combined(r_exp, r_ctr, alpha: float) -> np.ndarray:
+    from cmaq.rewards import combine
+
+    return combine(np.asarray(r_exp, float), np.asarray(r_ctr, float), alpha)
+
+
+def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per policy: means of the four scores, the combined reward at the policy's α, the exposed
+    (A/B) CTR and its relative change against QSA with a paired bootstrap interval."""
+    control = rows[rows["method"] == CONTROL].set_index("content_id")
+    out = []
+    for name, g in rows.groupby("policy", sort=False):
+        g = g.set_index("content_id")
+        alpha = g["alpha"].iloc[0]
+        rec = {"policy": name, "method": g["method"].iloc[0], "alpha": alpha, "iteration": int(g["iteration"].iloc[0]),
+               "contents": len(g)}
+        for col in ("r_exp", "r_ctr", "true_exp", "true_ctr"):
+            rec[col] = float(g[col].mean())
+        rec["combined"] = float(combined(g["r_exp"], g["r_ctr"], alpha).mean()) if pd.notna(alpha) else np.nan
+        rec["exposed_ctr"] = float(g["exposed_true_ctr"].mean())
+        rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
+        if len(control) and name != control["policy"].iloc[0]:
+            c = control.loc[g.index]
+            d = bootstrap_relative_delta(g["exposed_true_ctr"], c["exposed_true_ctr"], rounds, seed)
+            rec.update(delta_ctr=d["delta"], delta_ctr_lo=d["lo"], delta_ctr_hi=d["hi"])
+            rec["exposed_ctr_se"] = bootstrap_mean(g["exposed_true_ctr"], rounds, seed)["se"]
+        else:
+            rec.update(delta_ctr=0.0, delta_ctr_lo=0.0, delta_ctr_hi=0.0)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def final_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """Each method's final policies: for iterated methods only the last iteration."""
+    last = summary.groupby(["method", "alpha"], dropna=False)["iteration"].transform("max")
+    return summary[summary["iteration"] == last]
+
+
+def hypervolumes(summary: pd.DataFrame) -> pd.DataFrame:
+    """Hypervolume of each method's front (its final policies over the α grid), per space, plus one
+    row per CMAQ iteration (``method = cmaq@it<t>``)."""
+    final = final_rows(summary)
+    groups = [(m, g) for m, g in final.groupby("method", sort=False)]
+    cmaq = summary[summary["method"] == "cmaq"]
+    groups += [(f"cmaq@it{t}", g) for t, g in cmaq.groupby("iteration") if t >= 1]
+    recs = []
+    for method, g in groups:
+        rec = {"method": method, "points": len(g)}
+        for space, (x, y) in SPACES.items():
+            pts = g[[x, y]].to_numpy()
+            rec[f"hv_{space}"] = hypervolume_2d(pts, REFERENCE)
+            rec[f"front_{space}"] = len(pareto_front(pts))
+        recs.append(rec)
+    return pd.DataFrame(recs)
+
+
+def reward_hacking(summary: pd.DataFrame) -> pd.DataFrame:
+    """Policies whose reward-model score rose over QSA's while the oracle's score of the same
+    objective fell: the RM was fooled, not the users pleased."""
+    control = summary[summary["method"] == CONTROL]
+    if control.empty:
+        return pd.DataFrame(columns=["policy", "objective", "rm_change", "oracle_change"])
+    base = control.iloc[0]
+    recs = []
+    for _, r in summary[summary["method"] != CONTROL].iterrows():
+        for objective, rm_col, true_col in (("ctr", "r_ctr", "true_ctr"), ("expansion", "r_exp", "true_exp")):
+            rm_change, oracle_change = r[rm_col] - base[rm_col], r[true_col] - base[true_col]
+            if rm_change > 0 and oracle_change < 0:
+                recs.append({"policy": r["policy"], "objective": objective, "rm_change": float(rm_change),
+                             "oracle_change": float(oracle_change)})
+    return pd.DataFrame(recs, columns=["policy", "objective", "rm_change", "oracle_change"])
