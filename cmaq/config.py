@@ -447,6 +447,8 @@ class AlignConfig(PolicyTrainConfig):
     rm_exp: str = _help("Expansion reward model directory.", default="runs/rm-exp")
     rm_ctr: str = _help("CTR reward model directory.", default="runs/rm-ctr")
     sampler: str = _help("Engine that samples the k queries: 'hf' or 'vllm'.", default="hf")
+    sampler_batch: int = _help("Contents per sampling call of the HF engine (k rows each): larger on a GPU.",
+                               default=16)
     baseline_epochs: float = _help("Baselines (`cmaq train baseline`): epochs over their pairs (the method: 3).",
                                    default=3.0)
 

@@ -62,7 +62,7 @@ def sampler_engine(cfg: AlignConfig, model_dir: str):
     from cmaq.engines import make_engine
 
     new_tokens = EngineConfig().max_new_tokens
-    return make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir,
+    return make_engine(EngineConfig(backend=cfg.sampler, model_dir=model_dir, hf_batch_size=cfg.sampler_batch,
                                     max_model_len=cfg.max_prompt_tokens + new_tokens + 1))
 
 

@@ -45,7 +45,7 @@ PROFILES: dict[str, list[str]] = {
             "rm_exp.finetune=full", "rm_ctr.finetune=full", "align.contents=1000", "align.k=8",
             "align.iterations=3", "reproduce.test_contents=500", "reproduce.baseline_alphas=[0.4, 0.6]",
             "sft.lr=3e-4", "sft.epochs=2", "sft.batch_size=64", "align.lr=1e-4", "align.batch_size=32",
-            "align.warmup_steps=5", "align.temperature=1.0", "engine.hf_batch_size=64"],
+            "align.warmup_steps=5", "align.temperature=1.0", "align.sampler_batch=64", "engine.hf_batch_size=64"],
     "smoke": ["world.items=400", "world.seed=5", "rm_exp.epochs=0.3", "rm_ctr.epochs=0.2",
               "rm_ctr.max_train_examples=400", "rm_exp.max_train_examples=300", "align.contents=48", "align.k=6",
               "align.iterations=2", "align.baseline_epochs=1", "reproduce.test_contents=16",
