@@ -153,9 +153,10 @@ def pair_loss_fn(model, tokenizer, pairs: list[dict], encoded: list[tuple], beta
     def step_loss(idx: list[int]):
         seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
         logps, lengths = sequence_logps(model, seqs, tokenizer.pad_token_id)
-        n = len(idx)
-        loss = consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx], ref_l[idx], beta[idx], nll_weight, lengths[:n])
-        return (w[idx] * loss).mean()
+        n, dev = len(idx), logps.device
+        loss = consistent_dpo_loss(logps[:n], logps[n:], ref_c[idx].to(dev), ref_l[idx].to(dev), beta[idx].to(dev),
+                                   nll_weight, lengths[:n])
+        return (w[idx].to(dev) * loss).mean()
 
     return step_loss
 

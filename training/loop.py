@@ -44,6 +44,13 @@ def batches_of(n: int, batch_size: int, epochs: float, seed: int) -> list[list[i
     return out[:total]
 
 
+def default_device() -> str:
+    """Where models train: the GPU when there is one (the GPU profile), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cfg, out_dir: Path,
           evaluate: Callable[[], dict], describe: str) -> dict:
     """Run (or resume) training; returns the metrics also written to ``out_dir/metrics.json``.
@@ -54,6 +61,7 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     import torch
     from tqdm.auto import tqdm
 
+    model.to(default_device())
     plan = batches_of(n_examples, cfg.batch_size, cfg.epochs, cfg.seed)
     warmup = min(cfg.warmup_steps, max(1, len(plan) // 10))
     params = [p for p in model.parameters() if p.requires_grad]

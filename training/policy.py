@@ -49,7 +49,9 @@ def new_policy(model_dir: str, r: int, alpha: int, dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    from training.loop import default_device
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir).to(default_device())
     return get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
                                            task_type="CAUSAL_LM"))
 
@@ -59,5 +61,7 @@ def load_policy(model_dir: str, adapter: str | Path, trainable: bool = True):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir), str(adapter),
-                                     is_trainable=trainable)
+    from training.loop import default_device
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir).to(default_device()),
+                                     str(adapter), is_trainable=trainable)

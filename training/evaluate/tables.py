@@ -40,6 +40,10 @@ def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataF
         rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
         if len(control) and name != control["policy"].iloc[0]:
             c = control.loc[g.index]
+            if pd.notna(alpha):  # the combined reward's gain over QSA at this α, paired by content
+                gain = combined(g["r_exp"], g["r_ctr"], alpha) - combined(c["r_exp"], c["r_ctr"], alpha)
+                b = bootstrap_mean(gain, rounds, seed)
+                rec.update(combined_gain=b["mean"], combined_gain_se=b["se"])
             d = bootstrap_relative_delta(g["exposed_true_ctr"], c["exposed_true_ctr"], rounds, seed)
             rec.update(delta_ctr=d["delta"], delta_ctr_lo=d["lo"], delta_ctr_hi=d["hi"])
             rec["exposed_ctr_se"] = bootstrap_mean(g["exposed_true_ctr"], rounds, seed)["se"]

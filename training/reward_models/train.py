@@ -97,7 +97,8 @@ def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None)
     targets = torch.tensor([rm.id1 if r["label"] else rm.id0 for r in train_rows])
 
     def step_loss(idx: list[int]):
-        return answer_nll(rm.answer_logits([seqs[i] for i in idx]), targets[idx])
+        logits = rm.answer_logits([seqs[i] for i in idx])
+        return answer_nll(logits, targets[idx].to(logits.device))
 
     def evaluate() -> dict:
         p = rm.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size)
