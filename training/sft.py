@@ -42,7 +42,17 @@ def train_qsa(cfg: PolicyTrainConfig, data: str) -> dict:
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer_of(model_dir)
     model = new_policy(model_dir, cfg.lora_r, cfg.lora_alpha)
-    examples = [encode(tokenizer, r, r["query"], cfg.max_prompt_tokens) for r in rows]
+    examples, too_long = [], 0
+    for r in rows:
+        try:
+            examples.append(encode(tokenizer, r, r["query"], cfg.max_prompt_tokens))
+        except ValueError:  # title and shop alone exceed the prompt budget: nothing to train on
+            too_long += 1
+    if not examples:
+        raise ValueError(f"{data}: no row fits max_prompt_tokens={cfg.max_prompt_tokens}")
+    if too_long:
+        log.warning("QSA: %d of %d rows skipped (prompt over %d tokens even without the body)", too_long,
+                    len(rows), cfg.max_prompt_tokens)
 
     def step_loss(idx: list[int]):
         logps, lengths = sequence_logps(model, [examples[i] for i in idx], tokenizer.pad_token_id)
