@@ -215,3 +215,41 @@ def test_baselines(qsa, trained_rms, rm_data, tmp_path):
     missing = CliRunner().invoke(cli, [*args, "train", "baseline", "--method", "dpo", "--data", str(rm_data / "sft"),
                                        "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--ctr-pairs" in missing.output
+
+
+def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_data, tmp_path):
+    """`cmaq train align` killed in the middle of iteration 2 (after a checkpoint inside it), then run
+    again, ends with the same adapter as a run that was never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from training.align import run_align
+
+    rms = trained_rms[0]
+    settings = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=40, k=4,
+                    iterations=2, lr=2e-3, batch_size=2, warmup_steps=1, temperature=1.0, checkpoint_every=2,
+                    seed=3)
+    whole = run_align(AlignConfig(out=str(tmp_path / "whole"), **settings), str(rm_data / "sft"))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cmaq.cli", *[a for k, v in settings.items() for a in ("--set", f"align.{k}={v!r}"
+                                                                                          if isinstance(v, str) else
+                                                                                          f"align.{k}={v}")],
+           "train", "align", "--data", str(rm_data / "sft"), "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = killed / "iter-2" / "checkpoint" / "state.pt"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (killed / "iter-1" / "DONE").exists() and not (killed / "iter-2" / "DONE").exists(), \
+        "the run was not killed inside iteration 2"
+    resumed = run_align(AlignConfig(out=str(killed), **settings), str(rm_data / "sft"))
+    assert [i["pairs"] for i in resumed["iterations"]] == [i["pairs"] for i in whole["iterations"]]
+    a, b = _lora(tmp_path / "whole" / "adapter"), _lora(killed / "adapter")
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

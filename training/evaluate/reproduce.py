@@ -92,7 +92,14 @@ class Reproduction:
         t0 = time.perf_counter()
         fn()
         self.timings[name] = round(time.perf_counter() - t0, 1)
+        self._save_timings()
         self.progress(f"[reproduce] {name}: {self.timings[name]:.0f} s")
+
+    def _save_timings(self) -> None:
+        """Step durations survive a resume: ``timings.json`` gathers those of every run into ``out``."""
+        path = self.out / "timings.json"
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**saved, **self.timings}, indent=1))
 
     # ------------------------------------------------------------------ steps
     def make_world(self) -> None:
@@ -228,6 +235,7 @@ class Reproduction:
             self.progress(f"[reproduce] evaluating {policy.name} ({i}/{len(self.policies())})")
             frames.append(evaluator.rows(policy))
         self.timings["evaluation"] = round(time.perf_counter() - t0, 1)
+        self._save_timings()
         return write_evaluation(pd.concat(frames, ignore_index=True), Path(self.cfg.reproduce.report),
                                 self.provenance(len(items)), self.cfg.reproduce.bootstrap, self.cfg.world.seed)
 
@@ -242,7 +250,8 @@ class Reproduction:
                 "sampling temperature": a.temperature, "CMAQ α grid": self.cfg.reproduce.alphas,
                 "DPO-LW / MORL α grid": self.cfg.reproduce.baseline_alphas,
                 "ablation α": self.cfg.reproduce.ablation_alphas,
-                "step seconds (this run)": self.timings}
+                "step seconds": json.loads((self.out / "timings.json").read_text())
+                if (self.out / "timings.json").exists() else self.timings}
 
     def steps(self) -> dict:
         return {"world": self.make_world, "data": self.make_data, "backbone": self.make_backbone,
