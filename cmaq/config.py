@@ -238,6 +238,9 @@ class EngineConfig:
     max_new_tokens: int = _help("Tokens a query may take: 15 words, or 15 CJK characters, with room to end.",
                                 default=32)
     beam_width: int = _help("Beams kept and queries returned by beam search (the job serves 5).", default=5)
+    beam_shared_prefill: bool = _help(
+        "Transformers engine: prefill each prompt once and copy its cache to the beams, instead of "
+        "prefilling it once per beam (same result, a fraction of the prompt compute).", default=True)
     length_penalty: float = _help(
         "Beam score = sum logprob / length^penalty. vLLM counts prompt + output tokens, transformers only "
         "output tokens, so only 0 (pure summed log-probability) means the same in both.", default=1.0)

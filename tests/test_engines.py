@@ -116,3 +116,21 @@ def test_get_engine_reuses_one_engine(engine_config, vllm_engine):
     from cmaq.engines import get_engine
 
     assert get_engine(engine_config) is vllm_engine
+
+
+def test_shared_prefill_changes_nothing_but_speed(hf_engine, engine_config, test_adapter):
+    """Beams and samples from one prefill per prompt equal those that prefill every beam or draw."""
+    import dataclasses
+
+    from cmaq.engines import make_engine
+
+    plain = make_engine(dataclasses.replace(engine_config, backend="hf", beam_shared_prefill=False))
+    items = ITEMS[:12]
+    shared_beams, plain_beams = hf_engine.beam(items, 5, test_adapter), plain.beam(items, 5, test_adapter)
+    assert [[c.text for c in r.candidates] for r in shared_beams] == [[c.text for c in r.candidates] for r in plain_beams]
+    for s, p in zip(shared_beams, plain_beams):
+        assert [c.logprob for c in s.candidates] == pytest.approx([c.logprob for c in p.candidates], abs=1e-3)
+    # a content's draws do not depend on the batch it is sampled in
+    batched = hf_engine.sample(items, k=4, temperature=1.0, seed=9)
+    alone = [hf_engine.sample([it], k=4, temperature=1.0, seed=9)[0] for it in items[:3]]
+    assert [[c.text for c in r.candidates] for r in batched[:3]] == [[c.text for c in r.candidates] for r in alone]

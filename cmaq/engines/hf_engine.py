@@ -69,7 +69,10 @@ class HFEngine:
         with torch.no_grad(), no_adapter:
             n_prompt = enc["input_ids"].shape[1]
             if repeat > 1:
-                enc, kwargs["past_key_values"] = self._shared_prefill(enc, repeat)
+                enc, kwargs["past_key_values"] = self._shared_prefill(enc, repeat, expand_inputs=True)
+            elif kwargs.get("num_beams", 1) > 1 and self.cfg.beam_shared_prefill:
+                # Beam search expands its inputs itself (not a cache it is given): repeat the cache only.
+                enc, kwargs["past_key_values"] = self._shared_prefill(enc, kwargs["num_beams"], expand_inputs=False)
             out = self.model.generate(**enc, max_new_tokens=self.cfg.max_new_tokens, return_dict_in_generate=True,
                                       output_scores=scores_only, pad_token_id=self.tokenizer.pad_token_id,
                                       eos_token_id=self.tokenizer.eos_token_id, **kwargs)
@@ -79,7 +82,7 @@ class HFEngine:
                 out.sequences, out.scores, getattr(out, "beam_indices", None), normalize_logits=False)
         return out.sequences[:, n_prompt:], scores
 
-    def _shared_prefill(self, enc, repeat: int):
+    def _shared_prefill(self, enc, repeat: int, expand_inputs: bool):
         """The cache of every prompt token but the last, computed once and repeated ``repeat`` times;
         generate then runs from the last prompt token. Sampling k queries from a 450-token prompt
         otherwise spends most of its time prefilling the same prompt k times."""
@@ -88,6 +91,8 @@ class HFEngine:
         cache = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                            use_cache=True).past_key_values
         cache.batch_repeat_interleave(repeat)
+        if not expand_inputs:
+            return {"input_ids": ids, "attention_mask": mask}, cache
         return {"input_ids": ids.repeat_interleave(repeat, 0), "attention_mask": mask.repeat_interleave(repeat, 0)}, cache
 
     def _decode(self, tokens, scores) -> tuple[str, float]:
