@@ -346,8 +346,14 @@ def _train_rm(ctx: click.Context, kind: str, data: str, world: str | None, out: 
     from training.reward_models.train import train_ctr, train_expansion
 
     fn = train_expansion if kind == "exp" else train_ctr
+    _echo_training(fn, getattr(cfg, section), data, world)
+
+
+def _echo_training(fn, *args) -> None:
+    """Run a training function; bad input becomes one ``Error:`` line, the metrics (without the loss
+    curve, which is in the run's metrics.json) are printed as JSON."""
     try:
-        metrics = fn(getattr(cfg, section), data, world)
+        metrics = fn(*args)
     except (FileNotFoundError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     metrics.pop("loss_curve", None)
@@ -385,12 +391,7 @@ def train_sft(ctx: click.Context, data: str, out: str | None) -> None:
     cfg = _config(ctx, [f"sft.out={json.dumps(out)}"] if out else [])
     from training.sft import train_qsa
 
-    try:
-        metrics = train_qsa(cfg.sft, data)
-    except (FileNotFoundError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
-    metrics.pop("loss_curve", None)
-    click.echo(json.dumps(metrics, indent=2))
+    _echo_training(train_qsa, cfg.sft, data)
 
 
 @train.command("align")

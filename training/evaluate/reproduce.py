@@ -108,6 +108,7 @@ class Reproduction:
         self._timed("world", lambda: generate_world(self.cfg.world, self.world), self.world / "world.json")
 
     def make_data(self) -> None:
+        # Checked before the import: the builders need pyspark, which the GPU machine lacks.
         if all((self.data / f"summary_{k}.json").exists() for k in ("sft", "ctr-pairs", "expansion")):
             self.progress("[reproduce] data: done earlier, skipped")
             return
