@@ -50,7 +50,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/world.py
-	$(BIN)/python bench/filters.py
+	$(BIN)/python bench/filter_chain.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/pool.py

@@ -1,23 +1,17 @@
 """Benchmark the whole FilterChain (without the embedding scorer) on world candidates, one core.
 
-    python bench/filters.py [--items 20000] [--per-item 5] [--chain serving|training|all]
+    python bench/filter_chain.py [--items 20000] [--per-item 5] [--chain serving|training|all]
 
 Candidates are 5 grammar queries per world item (mixed en/zh), joined to their notes, fed in Arrow
 batches of --batch rows as Spark's mapInArrow would. Prints one JSON object.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# Run as `python bench/filters.py`, this file's folder comes first on sys.path and its own name
-# would shadow the `filters` package; drop the folder so the package is what gets imported.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
