@@ -14,8 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,30 +38,13 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def bootstrap_se(values: np.ndarray, n: int, seed: int) -> float:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n, len(values)))
-    return float(values[idx].mean(axis=1).std(ddof=1))
-
-
-def top1(engine, items: list[dict], adapter: str) -> list[str]:
-    out = []
-    for start in range(0, len(items), 32):
-        for res in engine.beam(items[start:start + 32], width=5, adapter=adapter):
-            out.append(res.candidates[0].text.strip() if res.candidates else "")
-    return out
-
-
 def main(args: argparse.Namespace) -> dict:
-    import pandas as pd
-    import pyarrow as pa
-
-    from cmaq.config import AlignConfig, EngineConfig, PolicyTrainConfig, load_config
-    from cmaq.engines import make_engine
+    from cmaq.config import AlignConfig, PolicyTrainConfig, load_config
     from cmaq.engines.tiny import build_tiny_model
-    from cmaq.rewards import RewardScorer, combine
-    from cmaq.world.oracle import ITEM_COLUMNS, Oracle
     from training.align import run_align
+    from training.evaluate.offline import Evaluator, Policy, load_test_items
+    from training.evaluate.stats import bootstrap_mean
+    from training.evaluate.tables import combined
     from training.sft import train_qsa
 
     data, out = Path(args.data), Path(args.out)
@@ -77,36 +58,27 @@ def main(args: argparse.Namespace) -> dict:
                                     seed=args.seed), str(data / "sft"))
     align = run_align(AlignConfig(out=str(out / "cmaq"), qsa=str(out / "qsa" / "adapter"), rm_exp=args.rm_exp,
                                   rm_ctr=args.rm_ctr, alpha=args.alpha, iterations=args.iterations,
-                                  contents=args.contents, k=args.k, temperature=args.temperature, lr=args.lr, seed=args.seed,
-                                  batch_size=args.batch_size, warmup_steps=5),
+                                  contents=args.contents, k=args.k, temperature=args.temperature, lr=args.lr,
+                                  seed=args.seed, batch_size=args.batch_size, warmup_steps=5),
                       str(data / "sft"))
 
-    content = pd.read_parquet(Path(args.world) / "content").set_index("content_id")
-    test_ids = sorted(pd.read_parquet(data / "test_contents")["content_id"])[:args.eval_items]
-    items = [{"content_id": i, **content.loc[i].to_dict()} for i in test_ids]
-    engine = make_engine(EngineConfig(backend="hf", model_dir=str(build_tiny_model())))
-    scorer, oracle = RewardScorer(args.rm_exp, args.rm_ctr), Oracle()
+    items = load_test_items(args.world, str(data / "test_contents"), args.eval_items)
+    evaluator = Evaluator(str(build_tiny_model()), args.rm_exp, args.rm_ctr, items, str(out / "eval"))
     result = {"bench": "align_world", "alpha": args.alpha, "eval_items": len(items),
               "iterations": [{k: v for k, v in it.items() if k != "loss_curve"} for it in align["iterations"]]}
     rewards = {}
     for name, adapter in (("qsa", str(out / "qsa" / "adapter")), ("cmaq", align["adapter"])):
-        queries = top1(engine, items, adapter)
-        s = scorer.score(items, queries)
-        r = combine(s.r_exp, s.r_ctr, args.alpha)
-        table = pa.table({**{c: pa.array([str(it.get(c) or "") for it in items], pa.string()) for c in ITEM_COLUMNS},
-                          "query": pa.array(queries, pa.string())})
-        true_ctr, true_exp = oracle.score_table(table)
-        rewards[name] = r
+        rows = evaluator.rows(Policy(name, adapter, args.alpha))
+        r = rewards[name] = combined(rows["r_exp"], rows["r_ctr"], args.alpha)
         result[name] = {"combined_reward": round(float(r.mean()), 4),
-                        "combined_reward_se": round(bootstrap_se(r, args.bootstrap, args.seed), 4),
-                        "r_exp": round(float(s.r_exp.mean()), 4), "r_ctr": round(float(s.r_ctr.mean()), 4),
-                        "oracle_true_ctr": round(float(np.mean(true_ctr)), 5),
-                        "oracle_true_exp": round(float(np.mean(true_exp)), 4),
-                        "sample_queries": queries[:5]}
-    diff = rewards["cmaq"] - rewards["qsa"]
-    se = bootstrap_se(diff, args.bootstrap, args.seed)
-    result["difference"] = {"mean": round(float(diff.mean()), 4), "bootstrap_se": round(se, 4),
-                            "in_se": round(float(diff.mean() / se), 2) if se > 0 else None}
+                        "combined_reward_se": round(bootstrap_mean(r, args.bootstrap, args.seed)["se"], 4),
+                        "r_exp": round(float(rows["r_exp"].mean()), 4), "r_ctr": round(float(rows["r_ctr"].mean()), 4),
+                        "oracle_true_ctr": round(float(rows["true_ctr"].mean()), 5),
+                        "oracle_true_exp": round(float(rows["true_exp"].mean()), 4),
+                        "sample_queries": rows["query"].head(5).tolist()}
+    diff = bootstrap_mean(rewards["cmaq"] - rewards["qsa"], args.bootstrap, args.seed)
+    result["difference"] = {"mean": round(diff["mean"], 4), "bootstrap_se": round(diff["se"], 4),
+                            "in_se": round(diff["mean"] / diff["se"], 2) if diff["se"] > 0 else None}
     (out / "align_world.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result
 
