@@ -452,6 +452,10 @@ class AlignConfig(PolicyTrainConfig):
     sampler: str = _help("Engine that samples the k queries: 'hf' or 'vllm'.", default="hf")
     sampler_batch: int = _help("Contents per sampling call of the HF engine (k rows each): larger on a GPU.",
                                default=16)
+    first_samples: str = _help(
+        "Parquet file of the QSA policy's samples and their two rewards. Iteration 1 of every run from the same "
+        "QSA, seed, N, k and temperature (each α, the ablations, the baselines' preference set) samples the same "
+        "queries, so they are drawn and scored once, kept here and reused; '' draws them in every run.", default="")
     baseline_epochs: float = _help("Baselines (`cmaq train baseline`): epochs over their pairs (the method: 3).",
                                    default=3.0)
 

@@ -126,9 +126,11 @@ def test_consistent_dpo_loss_equals_trl(tiny_model, tmp_path, lam):
             {"prompt": "Title: Hot pot on Gulou\nSearch:", "chosen": " parking nearby", "rejected": " hot pot hot pot"},
             {"prompt": "Title: Quiet cafe\nSearch:", "chosen": " opening hours", "rejected": " cafe"}]
     types, weights = (["sigmoid"], [1.0]) if lam == 0 else (["sigmoid", "sft"], [1.0, lam])
+    # bf16=False: TRL would otherwise run the reference under bf16 autocast on CPU, and the comparison is of
+    # the same fp32 arithmetic.
     trainer = DPOTrainer(model=policy, ref_model=ref, processing_class=tok, train_dataset=Dataset.from_list(rows),
                          args=DPOConfig(output_dir=str(tmp_path), beta=1.0, loss_type=types, loss_weights=weights,
-                                        report_to=[], use_cpu=True))
+                                        report_to=[], use_cpu=True, bf16=False))
     with torch.no_grad():  # make the policy differ from the reference so the DPO term is not log 2
         for p in policy.model.layers[0].mlp.down_proj.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -253,3 +255,40 @@ def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_d
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_first_iteration_samples_are_drawn_once_and_shared(tmp_path, monkeypatch):
+    """The α grid, the ablations and the baselines read one file of QSA samples; a run with another
+    key (here k) draws its own instead of reading samples that are not its."""
+    import types
+
+    from training import align
+
+    monkeypatch.setattr("cmaq.engines.base.adapter_version", lambda path: "qsa-v1")
+    rows = [{"content_id": f"c{i}", "title": f"t{i}"} for i in range(10)]
+    draws = []
+
+    class Engine:
+        def sample(self, items, k, temperature, seed, adapter):
+            draws.append(len(items))
+            cand = lambda t: types.SimpleNamespace(text=t)  # noqa: E731
+            # c0 gets no usable query at all; the others k distinct ones.
+            return [types.SimpleNamespace(candidates=[cand("" if it["content_id"] == "c0" else f"{it['content_id']} q{j}")
+                                                      for j in range(k)]) for it in items]
+
+    class Scorer:
+        def score(self, items, queries):
+            r = np.array([len(q) / 10 for q in queries])
+            return types.SimpleNamespace(r_exp=r, r_ctr=1 - r)
+
+    path = tmp_path / "samples.parquet"
+    cfg = AlignConfig(contents=10, k=3, seed=2)
+    first = align.first_iteration_samples(cfg, rows, Engine, Scorer, path)
+    again = align.first_iteration_samples(cfg, rows, lambda: pytest.fail("sampled again"), Scorer, path)
+    assert draws == [10] and path.exists()
+    assert [it["content_id"] for it in first[0]] == [it["content_id"] for it in again[0]]
+    assert first[1] == again[1] and sum(map(len, first[1])) == 27  # c0 has none
+    np.testing.assert_array_equal(first[2], again[2])
+    np.testing.assert_array_equal(first[3], again[3])
+    align.first_iteration_samples(AlignConfig(contents=10, k=4, seed=2), rows, Engine, Scorer, path)
+    assert draws == [10, 10]

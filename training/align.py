@@ -102,13 +102,61 @@ def mine_pairs(items, candidates, rewards, tau1: float, tau2: float, seed: int) 
     return pairs
 
 
-def combined_rewards(scorer, items, candidates, cfg: AlignConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from cmaq.rewards import combine
-
+def scored_samples(engine, scorer, items: list[dict], cfg: AlignConfig, adapter: str, seed: int):
+    """k queries per content from the policy and both rewards of each: (candidates, r_exp, r_ctr), the
+    rewards flat in candidate order."""
+    candidates = sample_queries(engine, items, cfg, adapter, seed)
     flat_items = [it for it, qs in zip(items, candidates) for _ in qs]
-    flat_queries = [q for qs in candidates for q in qs]
-    scores = scorer.score(flat_items, flat_queries)
-    return combine(scores.r_exp, scores.r_ctr, cfg.alpha, cfg.mean), scores.r_exp, scores.r_ctr
+    scores = scorer.score(flat_items, [q for qs in candidates for q in qs])
+    return candidates, np.asarray(scores.r_exp), np.asarray(scores.r_ctr)
+
+
+def first_samples_key(cfg: AlignConfig) -> dict:
+    """What makes two runs' first-iteration samples the same (α, the mean, β and τ do not)."""
+    from cmaq.engines.base import adapter_version
+
+    return {"qsa": adapter_version(cfg.qsa), "seed": cfg.seed, "contents": cfg.contents, "k": cfg.k,
+            "temperature": cfg.temperature, "max_prompt_tokens": cfg.max_prompt_tokens, "sampler": cfg.sampler,
+            "rm_exp": str(Path(cfg.rm_exp).resolve()), "rm_ctr": str(Path(cfg.rm_ctr).resolve())}
+
+
+def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, scorer_of, path: Path | None):
+    """Iteration 1's contents, the QSA policy's candidates and their rewards, read from ``path`` when
+    it holds samples of the same key, else drawn, scored and (with a path) written there.
+
+    ``engine_of()`` / ``scorer_of()`` build the sampler and the scorer only when they are needed.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seed = cfg.seed * 1000 + 1
+    items = sample_contents(rows, cfg.contents, seed)
+    key = json.dumps(first_samples_key(cfg), sort_keys=True)
+    if path is not None and path.exists():
+        table = pq.read_table(path)
+        if (table.schema.metadata or {}).get(b"cmaq_key", b"").decode() == key:
+            frame = table.to_pandas()
+            groups = {cid: g for cid, g in frame.groupby("content_id", sort=False)}
+            candidates = [groups[it["content_id"]]["query"].tolist() if it["content_id"] in groups else []
+                          for it in items]
+            order = [groups[it["content_id"]] for it in items if it["content_id"] in groups]
+            r_exp = np.concatenate([g["r_exp"].to_numpy() for g in order]) if order else np.zeros(0)
+            r_ctr = np.concatenate([g["r_ctr"].to_numpy() for g in order]) if order else np.zeros(0)
+            log.info("iteration 1: %d shared samples from %s", len(frame), path)
+            return items, candidates, r_exp, r_ctr
+        log.warning("%s: samples of another QSA, seed or size; drawing new ones", path)
+    candidates, r_exp, r_ctr = scored_samples(engine_of(), scorer_of(), items, cfg, cfg.qsa, seed)
+    if path is not None:
+        frame = pd.DataFrame({"content_id": [it["content_id"] for it, qs in zip(items, candidates) for _ in qs],
+                              "query": [q for qs in candidates for q in qs], "r_exp": r_exp, "r_ctr": r_ctr})
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), b"cmaq_key": key.encode()}),
+                       tmp)
+        tmp.replace(path)  # several runs may share the file: never leave a half-written one
+    return items, candidates, r_exp, r_ctr
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_prompt_tokens: int) -> list[tuple]:
@@ -206,7 +254,7 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
     import pyarrow.parquet as pq
     import torch
 
-    from cmaq.rewards import RewardScorer
+    from cmaq.rewards import RewardScorer, combine
     from training.policy import load_policy
     from training.reward_models.models import tokenizer_of
     from training.sft import base_dir, save_policy
@@ -222,7 +270,13 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
     rows = pq.read_table(data).to_pylist()
     items_by_id = {r["content_id"]: r for r in rows}
     scorer = RewardScorer(cfg.rm_exp, cfg.rm_ctr)
-    engine = None
+    engines: list = []
+
+    def engine_of():
+        if not engines:  # built on first use: a resumed run past its sampling needs none
+            engines.append(sampler_engine(cfg, model_dir))
+        return engines[0]
+
     summary = []
     previous = str(cfg.qsa)
     for t in range(1, cfg.iterations + 1):
@@ -243,11 +297,13 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
             pairs = _load_pairs(out / "iter-1" / "pairs.parquet", items_by_id)
             stats.update(reused_from=1, tau1=summary[0]["tau1"], tau2=summary[0]["tau2"])
         else:
-            if engine is None:
-                engine = sampler_engine(cfg, model_dir)
-            items = sample_contents(rows, cfg.contents, seed)
-            candidates = sample_queries(engine, items, cfg, previous, seed)
-            rewards, r_exp, r_ctr = combined_rewards(scorer, items, candidates, cfg)
+            if t == 1:
+                items, candidates, r_exp, r_ctr = first_iteration_samples(
+                    cfg, rows, engine_of, lambda: scorer, Path(cfg.first_samples) if cfg.first_samples else None)
+            else:
+                items = sample_contents(rows, cfg.contents, seed)
+                candidates, r_exp, r_ctr = scored_samples(engine_of(), scorer, items, cfg, previous, seed)
+            rewards = combine(r_exp, r_ctr, cfg.alpha, cfg.mean)
             tau1, tau2 = thresholds(rewards, cfg)
             pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed)
             stats.update(contents=len(items), candidates=int(len(rewards)), tau1=tau1, tau2=tau2,

@@ -3,7 +3,7 @@
 
 - ``dpo``: DPO on the CTR pairs mined from the logs (`cmaq data ctr-pairs`).
 - From one preference set built once (k queries per content sampled from QSA, scored by both RMs,
-  ``<out>/preferences.parquet``):
+  ``<out>/preferences.parquet`` or ``align.first_samples``: CMAQ's first-iteration samples):
   - ``dpo-lw``: α·DPO on expansion pairs + (1−α)·DPO on CTR pairs, each objective's pair its best
     vs worst candidate;
   - ``dpo-soup``: one adapter per objective, merged with weight α on the exact weight deltas
@@ -27,26 +27,19 @@ METHODS = ("dpo", "dpo-lw", "dpo-soup", "morl")
 
 
 def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path) -> list[dict]:
-    """k QSA queries per content with both rewards, built once and reused by every baseline."""
-    import pandas as pd
-
+    """k QSA queries per content with both rewards, built once and reused by every baseline. They are
+    CMAQ's first-iteration samples (same contents, same draws), so the baselines and CMAQ start from
+    the same data; with ``align.first_samples`` set the file is shared with the CMAQ runs."""
     from cmaq.rewards import RewardScorer
-    from training.align import sample_contents, sample_queries, sampler_engine
+    from training.align import first_iteration_samples, sampler_engine
     from training.sft import base_dir
 
-    by_id = {r["content_id"]: r for r in rows}
-    if path.exists():
-        return [{**r, "item": by_id[r["content_id"]]} for r in pd.read_parquet(path).to_dict("records")]
-    items = sample_contents(rows, cfg.contents, cfg.seed)
-    engine = sampler_engine(cfg, base_dir(cfg))
-    candidates = sample_queries(engine, items, cfg, cfg.qsa, cfg.seed)
+    items, candidates, r_exp, r_ctr = first_iteration_samples(
+        cfg, rows, lambda: sampler_engine(cfg, base_dir(cfg)), lambda: RewardScorer(cfg.rm_exp, cfg.rm_ctr),
+        Path(cfg.first_samples) if cfg.first_samples else path)
     flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
-    scores = RewardScorer(cfg.rm_exp, cfg.rm_ctr).score([f[0] for f in flat], [f[1] for f in flat])
-    prefs = [{"content_id": it["content_id"], "query": q, "r_exp": float(e), "r_ctr": float(c)}
-             for (it, q), e, c in zip(flat, scores.r_exp, scores.r_ctr)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(prefs).to_parquet(path, index=False)
-    return [{**p, "item": by_id[p["content_id"]]} for p in prefs]
+    return [{"content_id": it["content_id"], "query": q, "r_exp": float(e), "r_ctr": float(c), "item": it}
+            for (it, q), e, c in zip(flat, r_exp, r_ctr)]
 
 
 def best_vs_worst(prefs: list[dict], key) -> list[dict]:

@@ -24,24 +24,25 @@ def sequence_logps(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: 
     """Summed log-probabilities of each answer given its prompt, and the answers' lengths.
 
     pairs: B (prompt ids, answer ids). Returns (FloatTensor [B], LongTensor [B]); gradients flow
-    when the model is trainable.
+    when the model is trainable. Answers to the same prompt (a preference pair) share its forward
+    pass, and the LM head runs only where an answer token is predicted.
     """
     import torch
 
-    width = max(len(p) + len(a) for p, a in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(pairs), width), dtype=torch.long)
-    answer = torch.zeros((len(pairs), width), dtype=torch.bool)
-    for i, (p, a) in enumerate(pairs):
-        ids[i, :len(p) + len(a)] = torch.tensor(p + a)
-        mask[i, :len(p) + len(a)] = 1
-        answer[i, len(p):len(p) + len(a)] = True
-    device = next(model.parameters()).device
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
-    targets = ids[:, 1:].to(device)
-    token_logps = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    on_answer = answer[:, 1:].to(device)
-    return (token_logps * on_answer).sum(-1), on_answer.sum(-1)
+    from cmaq.shared_prefix import hidden_at, transformer_and_head
+
+    transformer, lm_head = transformer_and_head(model, "lm_head")
+    seqs = [list(p) + list(a) for p, a in pairs]
+    # Position j predicts token j + 1: from the prompt's last token to the answer's second-to-last.
+    positions = [range(len(p) - 1, len(p) + len(a) - 1) for p, a in pairs]
+    h = hidden_at(transformer, seqs, [tuple(p) for p, _ in pairs], positions, pad_id, max_rows=len(pairs))
+    device = h.device
+    targets = torch.tensor([t for _, a in pairs for t in a], dtype=torch.long, device=device)
+    token_logps = torch.log_softmax(lm_head(h).float(), dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    lengths = torch.tensor([len(a) for _, a in pairs], dtype=torch.long, device=device)
+    owner = torch.repeat_interleave(torch.arange(len(pairs), device=device), lengths)
+    sums = torch.zeros(len(pairs), dtype=token_logps.dtype, device=device).index_add(0, owner, token_logps)
+    return sums, lengths
 
 
 def new_policy(model_dir: str, r: int, alpha: int, dropout: float = 0.0):

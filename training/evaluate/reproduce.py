@@ -6,13 +6,16 @@ resumes. Sizes come from a profile (a list of ``section.key=value`` settings, ov
 ``--set``):
 
 - ``cpu`` (``make reproduce``): the tiny model on 2 cores within 90 minutes, 500 test contents,
-  N = 1,000 contents per iteration, k = 8, T = 3, the full α grid for CMAQ;
+  N = 1,000 contents per iteration, k = 8, T = 3, the full α grid for CMAQ, DPO-LW, DPO-Soup and MORL,
+  the ablations at α = 0.4 and 0.6;
 - ``gpu`` (``make reproduce-gpu``): more items and contents and a larger random-initialised backbone;
 - ``smoke``: a few dozen contents, for the tests.
 
-Where one run's result is, by construction, another's, it is reused rather than recomputed: the w/o OT
-ablation's first iteration *is* CMAQ's first iteration at the same α (same seed, same QSA start, same
-rewards), so it is copied.
+Where one run's result is, by construction, another's, it is reused rather than recomputed: every run's
+first iteration samples the same queries from QSA (same seed, contents, k and temperature) and scores
+them with the same reward models, so they are drawn once (``qsa-samples.parquet``) and shared by each α,
+the ablations and the baselines' preference set; the w/o OT ablation's whole first iteration *is*
+CMAQ's at the same α, so it is copied.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ PROFILES: dict[str, list[str]] = {
     "cpu": ["world.items=4000", "world.seed=11", "rm_exp.epochs=1", "rm_ctr.epochs=1",
             "engine.max_model_len=481",
             "rm_ctr.max_train_examples=8000", "align.contents=1000", "align.k=8", "align.iterations=3",
-            "reproduce.test_contents=500", "reproduce.baseline_alphas=[0.4, 0.6]", *_TINY_TRAINING],
+            "reproduce.test_contents=500", *_TINY_TRAINING],
     # One H100 within 10 minutes: a 12-layer random-initialised backbone instead of the pretrained
     # tiny model, twice the world; the per-iteration sizes stay those of the CPU profile.
     "gpu": ["world.items=8000", "world.seed=11", "reproduce.backbone_layers=12", "reproduce.backbone_hidden=512",
@@ -82,7 +85,8 @@ class Reproduction:
     def _align_cfg(self, out: Path, alpha: float, **changes):
         c = self.cfg.align
         return replace(c, out=str(out), alpha=alpha, qsa=str(self.out / "qsa" / "adapter"),
-                       rm_exp=str(self.out / "rm-exp"), rm_ctr=str(self.out / "rm-ctr"), **changes)
+                       rm_exp=str(self.out / "rm-exp"), rm_ctr=str(self.out / "rm-ctr"),
+                       first_samples=str(self.out / "qsa-samples.parquet"), **changes)
 
     def _timed(self, name: str, fn, done: Path):
         if done.exists():

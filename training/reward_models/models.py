@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from cmaq.shared_prefix import transformer_and_head
+
 META = "cmaq_rm.json"
 ANSWERS = ("0", "1")
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -64,14 +66,13 @@ class ExpansionRM:
         prompt = expansion_prompt(item, query, self.tokenizer, _limits(self.max_len, 1))
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
-    def answer_logits(self, seqs: Sequence[list[int]]):
-        """Logits [B, V] at each prompt's last position: the distribution of the answer token."""
-        import torch
-
-        ids, mask, last = pad_batch(seqs, self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        out = self.model(input_ids=ids.to(device), attention_mask=mask.to(device))
-        return out.logits[torch.arange(len(seqs), device=device), last.to(device)].float()
+    def answer_logits(self, seqs: Sequence[list[int]], groups: Sequence | None = None):
+        """Logits [B, V] at each prompt's last position: the distribution of the answer token.
+        Sequences with the same ``groups`` key (one content's candidates) share their common prefix's
+        forward pass."""
+        transformer, lm_head = transformer_and_head(self.model, "lm_head")
+        h = _last_hidden(transformer, seqs, groups, self.tokenizer.pad_token_id)
+        return lm_head(h).float()
 
     def p_one(self, logits):
         """r_exp from answer logits [B, V]: softmax over the two answer tokens only."""
@@ -81,7 +82,8 @@ class ExpansionRM:
         return torch.softmax(pair, dim=1)[:, 1]
 
     def score(self, items, queries, batch_size: int = 32) -> np.ndarray:
-        return _batched(self, items, queries, batch_size, lambda seqs: self.p_one(self.answer_logits(seqs)))
+        return _batched(self, items, queries, batch_size,
+                        lambda seqs, groups: self.p_one(self.answer_logits(seqs, groups)))
 
 
 class CtrRM:
@@ -98,29 +100,46 @@ class CtrRM:
         text = ctr_input(item, query, self.tokenizer, _limits(self.max_len, 0))
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def rewards(self, seqs: Sequence[list[int]]):
-        """Scalar rewards [B] read at each sequence's last token."""
-        ids, mask, _ = pad_batch(seqs, self.tokenizer.pad_token_id)
-        device = next(self.model.parameters()).device
-        # The head pools the last token that is not padding; texts never contain the pad id.
-        return self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()
+    def rewards(self, seqs: Sequence[list[int]], groups: Sequence | None = None):
+        """Scalar rewards [B] read at each sequence's last token (where the sequence classifier
+        pools: texts never contain the pad id)."""
+        transformer, head = transformer_and_head(self.model, "score")
+        return head(_last_hidden(transformer, seqs, groups, self.tokenizer.pad_token_id))[:, 0].float()
 
     def score(self, items, queries, batch_size: int = 32) -> np.ndarray:
         return _batched(self, items, queries, batch_size, self.rewards)
 
 
+def _last_hidden(transformer, seqs: Sequence[list[int]], groups: Sequence | None, pad_id: int):
+    from cmaq.shared_prefix import hidden_at
+
+    groups = range(len(seqs)) if groups is None else groups
+    return hidden_at(transformer, seqs, groups, [[len(s) - 1] for s in seqs], pad_id, max_rows=max(1, len(seqs)))
+
+
 def _batched(rm, items, queries, batch_size: int, fn) -> np.ndarray:
+    """``fn(seqs, groups)`` over batches of about ``batch_size`` sequences; the candidates of one
+    content stay in one batch so they share the content's prefix."""
     import torch
 
     seqs = [rm.encode(it, q) for it, q in zip(items, queries)]
+    keys = [it.get("content_id", id(it)) if isinstance(it, dict) else id(it) for it in items]
+    members: dict = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
     # Longest first keeps padding small; results go back to input order.
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    order = [i for idx in sorted(members.values(), key=lambda idx: -len(seqs[idx[0]])) for i in idx]
     out = np.empty(len(seqs), dtype=np.float64)
     rm.model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            out[idx] = fn([seqs[i] for i in idx]).cpu().double().numpy()
+        start = 0
+        while start < len(order):
+            stop = min(len(order), start + batch_size)
+            while stop < len(order) and keys[order[stop]] == keys[order[stop - 1]]:
+                stop += 1
+            idx = order[start:stop]
+            out[idx] = fn([seqs[i] for i in idx], [keys[i] for i in idx]).cpu().double().numpy()
+            start = stop
     return out
 
 
