@@ -5,6 +5,7 @@ the killed run had not yet seen.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -61,7 +62,15 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     import torch
     from tqdm.auto import tqdm
 
-    model.to(default_device())
+    device = default_device()
+    model.to(device)
+    if device == "cuda":
+        # bf16 autocast (the loss functions upcast their log-softmaxes) and TF32 for what stays fp32:
+        # in plain fp32 an H100 spends ~0.3 s per step of a 37M model on matmuls.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        precision = torch.autocast("cuda", dtype=torch.bfloat16)
+    else:
+        precision = contextlib.nullcontext()
     plan = batches_of(n_examples, cfg.batch_size, cfg.epochs, cfg.seed)
     warmup = min(cfg.warmup_steps, max(1, len(plan) // 10))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -80,7 +89,8 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     model.train()
     bar = tqdm(range(start, len(plan)), initial=start, total=len(plan), desc=describe, mininterval=2.0)
     for step in bar:
-        loss = step_loss(plan[step])
+        with precision:
+            loss = step_loss(plan[step])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

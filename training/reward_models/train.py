@@ -130,7 +130,8 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> di
     test_rows, _, skipped_test = _encode_rows(rm, test_rows, "y_plus", "y_minus")
 
     def step_loss(idx: list[int]):
-        r = rm.rewards([plus[i] for i in idx] + [minus[i] for i in idx])  # one forward for both sides
+        # One forward for both sides; a pair's two texts share the content before the query.
+        r = rm.rewards([plus[i] for i in idx] + [minus[i] for i in idx], groups=list(idx) * 2)
         return bpr_loss(r[:len(idx)], r[len(idx):])
 
     def evaluate() -> dict:
