@@ -26,6 +26,10 @@ and the policy's rewards rise from one iteration to the next; fixed values would
 first and then nothing to reject. Quantiles keep the share of candidates that qualify stable. The
 absolute mode takes τ1/τ2 as rewards.
 
+Iteration 1 samples from QSA, which every run of a study shares: with ``align.first_samples`` its
+queries and both rewards are drawn once into that file and read by every later run with the same
+QSA, seed, N, k and temperature (α, the mean and β do not enter until the pairs are mined).
+
 Layout: ``<out>/iter-<t>/{pairs.parquet, adapter/, metrics.json, DONE}``, ``<out>/adapter`` (the final
 policy) and ``<out>/metrics.json``. A killed run resumes at the first unfinished iteration (inside it,
 from the training loop's checkpoint, with the same pairs).
