@@ -194,3 +194,29 @@ def test_eval_cli_evaluates_named_policies(smoke_runs, small_world, rm_data, tra
     assert bad.exit_code == 2 and "must be a number" in bad.output
     missing = CliRunner().invoke(main, [*args, "--policy", f"qsa={tmp_path / 'nope'}"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_gpu_profile_backbone_is_deterministic_and_replaces_every_base(tiny_model, tmp_path):
+    """The GPU profile's random-initialised backbone: the same seed gives the same weights, it keeps the
+    tiny model's tokenizer, and every model of the chain (RMs, QSA, CMAQ) is built on it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cmaq.engines.tiny import build_random_backbone
+    from training.evaluate.reproduce import Reproduction, profile_config
+
+    a = build_random_backbone(tmp_path / "a", hidden=64, layers=2, seed=3, tokenizer_from=tiny_model)
+    b = build_random_backbone(tmp_path / "b", hidden=64, layers=2, seed=3, tokenizer_from=tiny_model)
+    c = build_random_backbone(tmp_path / "c", hidden=64, layers=2, seed=4, tokenizer_from=tiny_model)
+    weights = lambda d: (d / "model.safetensors").read_bytes()  # noqa: E731
+    assert weights(a) == weights(b) and weights(a) != weights(c)
+    model = AutoModelForCausalLM.from_pretrained(a)
+    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert AutoTokenizer.from_pretrained(a).get_vocab() == AutoTokenizer.from_pretrained(tiny_model).get_vocab()
+
+    cfg = profile_config("smoke", overrides=(f"reproduce.out={tmp_path / 'run'}", "reproduce.backbone_layers=1",
+                                             "reproduce.backbone_hidden=64"))
+    run = Reproduction(cfg, progress=lambda *_: None)
+    run.make_backbone()
+    backbone = str(tmp_path / "run" / "backbone")
+    assert {run.cfg.sft.model_dir, run.cfg.align.model_dir, run.cfg.rm_exp.model_dir,
+            run.cfg.rm_ctr.model_dir} == {backbone}
