@@ -31,7 +31,8 @@ def _common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def _pad(rows: list[list[int]], pad_id: int):
+def pad_right(rows: Sequence[list[int]], pad_id: int):
+    """Right-padded input_ids and attention_mask (LongTensors [B, longest])."""
     import torch
 
     width = max(len(r) for r in rows)
@@ -76,7 +77,7 @@ def hidden_at(transformer, seqs: Sequence[list[int]], groups: Sequence[Hashable]
         _shared_forward(transformer, seqs, positions, chunk, pad_id, device, found)
     for start in range(0, len(single_rows), max_rows):
         rows = single_rows[start:start + max_rows]
-        ids, mask = _pad([list(seqs[i]) for i in rows], pad_id)
+        ids, mask = pad_right([list(seqs[i]) for i in rows], pad_id)
         h = transformer(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         for r, i in enumerate(rows):
             found[i] = h[r, list(positions[i])]
@@ -98,14 +99,14 @@ def _chunks(groups: list[tuple[int, list[int]]], max_rows: int):
 def _shared_forward(transformer, seqs, positions, chunk, pad_id, device, found) -> None:
     import torch
 
-    prefix_ids, prefix_mask = _pad([list(seqs[idx[0]][:p]) for p, idx in chunk], pad_id)
+    prefix_ids, prefix_mask = pad_right([list(seqs[idx[0]][:p]) for p, idx in chunk], pad_id)
     cache = transformer(input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device),
                         use_cache=True).past_key_values
     owner = [g for g, (_, idx) in enumerate(chunk) for _ in idx]
     rows = [i for _, idx in chunk for i in idx]
     starts = [chunk[g][0] for g in owner]
     cache.batch_select_indices(torch.tensor(owner, device=device))
-    suffix_ids, suffix_mask = _pad([list(seqs[i][s:]) for i, s in zip(rows, starts)], pad_id)
+    suffix_ids, suffix_mask = pad_right([list(seqs[i][s:]) for i, s in zip(rows, starts)], pad_id)
     mask = torch.cat([prefix_mask[owner], suffix_mask], 1)
     pos = torch.tensor(starts)[:, None] + torch.arange(suffix_ids.shape[1])[None]
     h = transformer(input_ids=suffix_ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),

@@ -55,7 +55,8 @@ def test_bpr_loss_equals_trl_reward_trainer(tiny_model, tmp_path):
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from training.reward_models.models import CtrRM, base_model, pad_batch, tokenizer_of
+    from cmaq.shared_prefix import pad_right
+    from training.reward_models.models import CtrRM, base_model, tokenizer_of
 
     tok = tokenizer_of(tiny_model)
     torch.manual_seed(0)
@@ -67,7 +68,7 @@ def test_bpr_loss_equals_trl_reward_trainer(tiny_model, tmp_path):
     rm = CtrRM(model, tok, 128)
     plus = [rm.encode(ITEM, q) for q in ["opening hours", "parking nearby", "best dumplings in Dongcheng"]]
     minus = [rm.encode(ITEM, q) for q in ["Lao Wang Noodles", "noodle", "weather"]]
-    ids, mask, _ = pad_batch(plus + minus, tok.pad_token_id)
+    ids, mask = pad_right(plus + minus, tok.pad_token_id)
     model.train()
     ours = bpr_loss(*rm.rewards(plus + minus).split(3))
     theirs = trainer.compute_loss(model, {"input_ids": ids, "attention_mask": mask})

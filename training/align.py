@@ -49,6 +49,11 @@ from cmaq.config import AlignConfig
 log = logging.getLogger(__name__)
 
 
+def iteration_seed(cfg: AlignConfig, t: int) -> int:
+    """Seed of iteration t's contents, samples and pairs."""
+    return cfg.seed * 1000 + t
+
+
 def sample_contents(rows: list[dict], n: int, seed: int) -> list[dict]:
     """N distinct contents of D_SFT (every row carries its content's prompt fields)."""
     by_id = {}
@@ -134,7 +139,7 @@ def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, score
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    seed = cfg.seed * 1000 + 1
+    seed = iteration_seed(cfg, 1)
     items = sample_contents(rows, cfg.contents, seed)
     key = json.dumps(first_samples_key(cfg), sort_keys=True)
     if path is not None and path.exists():
@@ -291,7 +296,7 @@ def run_align(cfg: AlignConfig, data: str) -> dict:
             continue
         iter_dir.mkdir(exist_ok=True)
         pairs_path = iter_dir / "pairs.parquet"
-        seed = cfg.seed * 1000 + t
+        seed = iteration_seed(cfg, t)
         stats: dict = {"iteration": t, "reference": previous}
         resumed = pairs_path.exists()  # a killed iteration: same pairs, training resumes from its checkpoint
         if resumed:

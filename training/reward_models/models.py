@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cmaq.shared_prefix import transformer_and_head
+from cmaq.shared_prefix import hidden_at, transformer_and_head
 
 META = "cmaq_rm.json"
 ANSWERS = ("0", "1")
@@ -35,20 +35,6 @@ def answer_ids(tokenizer) -> tuple[int, int]:
             raise ValueError(f"the tokenizer splits {a!r} into {len(enc)} tokens; the expansion RM needs one")
         ids.append(enc[0])
     return ids[0], ids[1]
-
-
-def pad_batch(seqs: Sequence[list[int]], pad_id: int):
-    """Right-padded input_ids, attention_mask and each sequence's last index (LongTensor [B])."""
-    import torch
-
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
-    last = mask.sum(1) - 1
-    return ids, mask, last
 
 
 class ExpansionRM:
@@ -111,8 +97,6 @@ class CtrRM:
 
 
 def _last_hidden(transformer, seqs: Sequence[list[int]], groups: Sequence | None, pad_id: int):
-    from cmaq.shared_prefix import hidden_at
-
     groups = range(len(seqs)) if groups is None else groups
     return hidden_at(transformer, seqs, groups, [[len(s) - 1] for s in seqs], pad_id, max_rows=max(1, len(seqs)))
 
