@@ -43,7 +43,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m cmaq.demo --out $(DEMO_DIR)
+	$(BIN)/python -m cmaq.cli.demo --out $(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -49,8 +49,8 @@ def main(args: argparse.Namespace) -> dict:
 
     data, out = Path(args.data), Path(args.out)
     if not (data / "sft").exists():
-        from cmaq.spark import get_spark
-        from training.data.builders import run
+        from jobs.spark import get_spark
+        from jobs.data.builders import run
 
         run("sft", load_config(None, []), args.world, str(data), get_spark("cmaq-bench-align"))
     if not (out / "qsa" / "adapter").exists():

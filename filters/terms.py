@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cmaq.text import regex_alternation, to_string_array
+from filters import base as b
 
 _ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad\u180e"), None)
 _LEET_PAIRS = (("0", "o"), ("1", "i"), ("3", "e"), ("4", "a"), ("5", "s"), ("7", "t"), ("@", "a"), ("$", "s"),
@@ -227,8 +228,6 @@ class TermFilter:
     matcher: TermMatcher
 
     def apply(self, batch, active):
-        from filters import base as b
-
         reasons: list[str | None] = [None] * batch.n
         score = np.full(batch.n, np.nan)
         idx = np.flatnonzero(active)

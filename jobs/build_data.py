@@ -11,7 +11,9 @@ import argparse
 import json
 import sys
 
+from jobs.data.builders import run
 from jobs.entry import add_config_options, setup
+from jobs.spark import get_spark
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -34,9 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.world and not args.content:
         print("Error: give --world or --content (and --logs / --annotations)", file=sys.stderr)
         return 2
-    from cmaq.spark import get_spark
-    from training.data.builders import run
-
     spark = get_spark(f"cmaq-data-{args.kind}")
     summary = run(args.kind, cfg, args.world, args.out, spark, args.content, args.logs, args.annotations)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))

@@ -1,11 +1,24 @@
-"""What every spark-submit entry point shares: logging, and the config from --config / --set."""
+"""What every spark-submit entry point shares: logging, the config from --config / --set, exit codes,
+step timings, and running one content job."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterator
 
-from cmaq.config import CmaqConfig, ConfigError, load_config
+from cmaq.config import CmaqConfig, ConfigError, PoolConfig, load_config
+from cmaq.pool import write_record
+from cmaq.pool.lease import writer_lease
+from jobs.spark import get_spark
+
+EXIT_OK, EXIT_ERROR, EXIT_GATES = 0, 1, 3
+log = logging.getLogger(__name__)
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -35,15 +48,41 @@ def content_job_parser(doc: str) -> argparse.ArgumentParser:
 def run_content_job(argv: list[str] | None, doc: str, app_name: str, job, fields: tuple[str, ...]) -> int:
     """Parse, load the config, run ``job(spark, cfg, content)`` and print the report's ``fields`` as
     one JSON line; the exit code is the report's (2 for a bad config)."""
-    import json
-    from dataclasses import asdict
-
     args = content_job_parser(doc).parse_args(argv)
     cfg = setup(args)
     if cfg is None:
         return 2
-    from cmaq.spark import get_spark
-
     report = asdict(job(get_spark(app_name), cfg, args.content))
     print(json.dumps({k: report[k] for k in fields}, default=str))
     return report["exit_code"]
+
+
+class Timer:
+    """``with timer("step"):`` records the step's seconds in ``report.timings``."""
+
+    def __init__(self, report):
+        self.report = report
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.timings[name] = round(time.perf_counter() - t0, 2)
+
+
+def run_recorded(pool_cfg: PoolConfig, report, op_id: str, owner: str, steps: Callable[[Timer], None]) -> None:
+    """``steps(timer)`` under the pool's writer lease. Whatever happens the report is recorded in
+    ``runs/<op_id>.json`` (when the pool root exists); an exception becomes the report's error and exit
+    code 1 instead of propagating, so a job never dies without its manifest."""
+    root = Path(pool_cfg.root)
+    try:
+        with writer_lease(pool_cfg, f"{owner} {op_id}"):
+            steps(Timer(report))
+    except Exception as exc:  # noqa: BLE001 - recorded in the run manifest, exit code 1
+        log.exception("%s %s failed", owner, op_id)
+        report.status, report.exit_code, report.error = "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"
+    finally:
+        if root.exists():
+            write_record(root, op_id, asdict(report))

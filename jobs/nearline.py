@@ -17,22 +17,24 @@ Exit codes: 0 refreshed (or nothing to do), 1 error.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig
-from cmaq.pool import atomic_write, new_op_id, write_record
-from jobs.entry import content_job_parser, run_content_job
-from jobs.pool import (EXIT_ERROR, EXIT_OK, KEY, Timer, generate_chunks, keyed_content, max_updated_at_ms,
-                       read_content, resolve_versions, staged_frames)
+from cmaq.pool import atomic_write, new_op_id
+from cmaq.pool.versions import current_version, read_manifest
+from jobs.entry import EXIT_ERROR, EXIT_OK, content_job_parser, run_content_job, run_recorded
+from jobs.gates import check_every_item_once
+from jobs.generate import generate_chunks, staged_frames
+from jobs.plan import KEY, keyed_content, max_updated_at_ms, read_content, resolve_serving
+from jobs.pool_tables import named_keys, version_frames
+from jobs.publish import publish_delta
 
-log = logging.getLogger(__name__)
 WATERMARK_FILE = "nearline.json"
 
 
@@ -77,33 +79,22 @@ def classify(candidates: DataFrame, served: DataFrame) -> DataFrame:
 
 def refresh(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> RefreshReport:
     """Run one refresh under the writer lease; never raises (see the report's exit_code)."""
-    from cmaq.pool.kv import writer_lease
-
     root = Path(cfg.pool.root)
     report = RefreshReport(op_id=new_op_id("nearline"), inputs={"content": content_source, "pool_root": str(root)})
-    try:
-        with writer_lease(cfg.pool, f"nearline {report.op_id}"):
-            _refresh(spark, cfg, content_source, root, report, Timer(report))
-    except Exception as exc:  # noqa: BLE001 - recorded in the run record, exit code 1
-        log.exception("nearline refresh failed")
-        report.status, report.exit_code, report.error = "error", EXIT_ERROR, f"{type(exc).__name__}: {exc}"
-    finally:
-        if root.exists():
-            write_record(root, report.op_id, asdict(report))
+    run_recorded(cfg.pool, report, report.op_id, "nearline",
+                 lambda timer: _refresh(spark, cfg, content_source, root, report, timer))
     return report
 
 
 def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: RefreshReport, timer) -> None:
-    from cmaq.pool.ops import publish_delta
-    from cmaq.pool.versions import current_version, named_keys, read_manifest, version_frames
-
     version = current_version(root)
     if version is None:
         raise FileNotFoundError(f"{root}: nothing published yet; run the nightly (cmaq pool build) first")
     report.version = version
     manifest = read_manifest(root, version)
     with timer("resolve_versions"):
-        versions = resolve_versions(cfg)
+        serving = resolve_serving(cfg)
+    versions = serving.versions
     if versions != manifest["versions"]:
         raise ValueError(f"the current version {version} was made with {manifest['versions']}, this config "
                          f"gives {versions}; a nearline delta must match it — run the nightly to change "
@@ -126,10 +117,11 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
     if n_todo:
         staging_root = root / "staging" / "nearline"
         with timer("generate"):
-            staged, stats = generate_chunks(todo, n_todo, cfg, staging_root, report.op_id, versions)
+            staged, stats = generate_chunks(todo, n_todo, serving, cfg.filters, cfg.pool.chunk_items,
+                                            cfg.pool.partitions_per_chunk, staging_root, report.op_id)
         report.counts["generated"] = stats["generated"] + stats["skipped"]
         frames = staged_frames(spark, staged)
-        _check_every_item_once(frames, todo)
+        check_every_item_once(frames, todo)
         with timer("publish"):
             record = {"op": "nearline", "op_id": report.op_id, "counts": report.counts}
             report.delta = publish_delta(spark, cfg, version, frames, report.op_id, record)
@@ -142,15 +134,6 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
     report.status, report.exit_code = ("refreshed" if n_todo else "nothing_to_do"), EXIT_OK
     for df in (todo, classified, candidates, content):
         df.unpersist()
-
-
-def _check_every_item_once(frames: dict, todo: DataFrame) -> None:
-    """Every item asked for comes out (as served, dropped or quarantined rows) and no other does."""
-    from cmaq.pool.versions import unaccounted
-
-    missing, extra = unaccounted(frames, todo)
-    if missing or extra:
-        raise RuntimeError(f"nearline generation lost {missing} items and invented {extra}; nothing published")
 
 
 def make_parser():

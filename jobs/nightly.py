@@ -1,14 +1,126 @@
-"""spark-submit entry point of the recall-pool job (also `cmaq pool build`).
+"""The nightly recall-pool job: extract -> plan -> generate (chunked) -> assemble -> gates -> publish.
 
     spark-submit jobs/nightly.py --content data/world/content --set pool.root=/data/pool
+
+Each step is a module: :mod:`jobs.plan` (read, key, carry forward), :mod:`jobs.generate` (prompt,
+engine, serving filters on the executors), :mod:`jobs.gates`, :mod:`jobs.publish`. Layout under
+``pool.root``::
+
+    current                          the published run_id (replaced atomically)
+    versions/<run_id>/pool/          POOL_SCHEMA, partitioned by category
+    versions/<run_id>/dropped/       DROPPED_SCHEMA (reason codes)
+    versions/<run_id>/quarantine/    QUARANTINE_SCHEMA
+    versions/<run_id>/manifest.json  written last
+    staging/<plan_id>/chunk=NNNNN/   generated output of one chunk, then its _COMMITTED marker
+    runs/<run_id>.json               every run's manifest, published or not
 
 Exit codes: 0 published, 1 error, 3 ran but failed the data-quality gates (nothing published).
 """
 from __future__ import annotations
 
+import shutil
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from jobs.entry import content_job_parser, run_content_job
+from pyspark.sql import DataFrame, SparkSession
+
+from cmaq.config import CmaqConfig
+from cmaq.pool import new_op_id
+from cmaq.pool.versions import TABLES, current_version, read_manifest
+from jobs.entry import EXIT_ERROR, EXIT_GATES, Timer, content_job_parser, run_content_job, run_recorded
+from jobs.gates import run_gates, table_counts
+from jobs.generate import generate_chunks, staged_frames
+from jobs.plan import KEY, carried_keys, keyed_content, max_updated_at_ms, read_content, resolve_serving
+from jobs.pool_tables import read_pool_table, version_frames, write_tables
+from jobs.publish import prune_versions, publish_version
+
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    status: str = "running"
+    exit_code: int = EXIT_ERROR
+    inputs: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)
+    chunks: dict = field(default_factory=dict)
+    spark_app_id: str = ""
+    previous_version: str | None = None
+    published_version: str | None = None
+    kv: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> RunReport:
+    """Run the whole job under the writer lease; never raises (see the report's exit_code)."""
+    root = Path(cfg.pool.root)
+    root.mkdir(parents=True, exist_ok=True)
+    report = RunReport(run_id=new_op_id(), spark_app_id=spark.sparkContext.applicationId,
+                       inputs={"content": content_source, "pool_root": str(root)})
+    run_recorded(cfg.pool, report, report.run_id, "nightly",
+                 lambda timer: _run(spark, cfg, content_source, root, report, timer))
+    return report
+
+
+def _run(spark: SparkSession, cfg: CmaqConfig, content_source: str, root: Path, report: RunReport,
+         timer: Timer) -> None:
+    with timer("resolve_versions"):
+        serving = resolve_serving(cfg)
+        report.versions = serving.versions
+        report.inputs["model_dir"] = serving.model_dir
+    with timer("read"):
+        content = read_content(spark, content_source)
+        report.counts["read"] = content.count()
+        report.inputs["max_updated_at_ms"] = max_updated_at_ms(content)
+    prev_id = current_version(root)
+    report.previous_version = prev_id
+    prev_frames = version_frames(spark, root / "versions" / prev_id) if prev_id else None
+
+    with timer("plan"):
+        keyed = keyed_content(content, serving.versions)
+        carried = carried_keys(keyed, prev_frames)
+        todo = keyed.join(carried, list(KEY), "left_anti").cache()
+        n_todo = todo.count()
+    report.counts["carried_forward"] = report.counts["read"] - n_todo
+    report.counts["to_generate"] = n_todo
+
+    with timer("generate"):
+        staged, stats = generate_chunks(todo, n_todo, serving, cfg.filters, cfg.pool.chunk_items,
+                                        cfg.pool.partitions_per_chunk, root / "staging", report.run_id)
+    report.counts["generated"], report.counts["skipped_committed"] = stats.pop("generated"), stats.pop("skipped")
+    report.chunks = stats
+
+    with timer("assemble"):
+        tmp = root / "versions" / f".{report.run_id}.tmp"
+        write_tables(assemble(spark, staged, prev_frames, carried), tmp)
+    with timer("gates"):
+        written = {n: read_pool_table(spark, tmp / n, schema) for n, schema in TABLES}
+        report.counts.update(table_counts(written))
+        report.gates = run_gates(written, content, report.counts, cfg,
+                                 read_manifest(root, prev_id) if prev_id else None)
+    if not all(g["ok"] for g in report.gates.values()):
+        report.status, report.exit_code = "gates_failed", EXIT_GATES
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    publish_version(spark, cfg, root, tmp, report, timer)
+    shutil.rmtree(root / "staging" / stats["plan_id"], ignore_errors=True)
+    prune_versions(root, cfg.pool.keep_versions)
+    todo.unpersist()
+    content.unpersist()
+
+
+def assemble(spark: SparkSession, staged: DataFrame | None, prev_frames: dict | None,
+             carried: DataFrame) -> dict:
+    """New rows plus the previous version's rows of carried-forward items."""
+    out = staged_frames(spark, staged)
+    if prev_frames is not None:
+        out = {name: df.unionByName(prev_frames[name].join(carried, list(KEY), "left_semi"))
+               for name, df in out.items()}
+    return out
 
 
 def make_parser():
@@ -16,8 +128,6 @@ def make_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.pool import build_pool
-
     return run_content_job(argv, __doc__, "cmaq-nightly", build_pool,
                            ("run_id", "status", "exit_code", "counts", "gates"))
 

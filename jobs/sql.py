@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cmaq.pool.versions import current_version, read_manifest
 from cmaq.schema import POOL_SCHEMA
+from jobs.arrow_spark import empty_frame
+from jobs.pool_tables import version_frames
 
 
 def register_views(spark, root: str | Path) -> dict:
-    from cmaq.arrow_spark import empty_frame
-    from cmaq.pool.versions import current_version, read_manifest, version_frames
-
     root = Path(root)
     run_id = current_version(root)
     if run_id is None:

@@ -62,7 +62,10 @@ def test_adapter(tiny_model) -> str:
 def engine_config(tiny_model):
     from cmaq.config import load_config
 
-    return load_config(None, [*ENGINE_OVERRIDES, f"engine.model_dir={tiny_model}"]).engine
+    import dataclasses
+
+    # An engine built from its own section: the model directory is the engine's override of model.base_dir.
+    return dataclasses.replace(load_config(None, ENGINE_OVERRIDES).engine, model_dir=tiny_model)
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +93,7 @@ def vllm_engine(engine_config):
 
 @pytest.fixture(scope="session")
 def spark():
-    from cmaq.spark import get_spark
+    from jobs.spark import get_spark
 
     session = get_spark("cmaq-tests", master="local[2]", shuffle_partitions=4)
     yield session
@@ -105,7 +108,7 @@ def spark():
 def redis_url():
     import shutil
 
-    from cmaq.pool.local_redis import local_redis
+    from local_redis import local_redis
 
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: .ci/run installs it (apt-get install redis-server)")
@@ -120,7 +123,7 @@ def redis_url():
 @pytest.fixture(scope="session")
 def rm_data(spark, small_world, tmp_path_factory):
     from cmaq.config import load_config
-    from training.data.builders import run
+    from jobs.data.builders import run
 
     out = tmp_path_factory.mktemp("rm-data")
     cfg = load_config(None, [])

@@ -262,9 +262,9 @@ def test_first_iteration_samples_are_drawn_once_and_shared(tmp_path, monkeypatch
     key (here k) draws its own instead of reading samples that are not its."""
     import types
 
-    from training import align
+    from training import preference
 
-    monkeypatch.setattr("cmaq.engines.base.adapter_version", lambda path: "qsa-v1")
+    monkeypatch.setattr("training.preference.adapter_version", lambda path: "qsa-v1")
     rows = [{"content_id": f"c{i}", "title": f"t{i}"} for i in range(10)]
     draws = []
 
@@ -283,12 +283,12 @@ def test_first_iteration_samples_are_drawn_once_and_shared(tmp_path, monkeypatch
 
     path = tmp_path / "samples.parquet"
     cfg = AlignConfig(contents=10, k=3, seed=2)
-    first = align.first_iteration_samples(cfg, rows, Engine, Scorer, path)
-    again = align.first_iteration_samples(cfg, rows, lambda: pytest.fail("sampled again"), Scorer, path)
+    first = preference.first_iteration_samples(cfg, rows, Engine, Scorer, path)
+    again = preference.first_iteration_samples(cfg, rows, lambda: pytest.fail("sampled again"), Scorer, path)
     assert draws == [10] and path.exists()
     assert [it["content_id"] for it in first[0]] == [it["content_id"] for it in again[0]]
     assert first[1] == again[1] and sum(map(len, first[1])) == 27  # c0 has none
     np.testing.assert_array_equal(first[2], again[2])
     np.testing.assert_array_equal(first[3], again[3])
-    align.first_iteration_samples(AlignConfig(contents=10, k=4, seed=2), rows, Engine, Scorer, path)
+    preference.first_iteration_samples(AlignConfig(contents=10, k=4, seed=2), rows, Engine, Scorer, path)
     assert draws == [10, 10]

@@ -68,3 +68,24 @@ def test_data_commands_have_help_and_need_input(runner):
         assert result.exit_code == 0 and "--out" in result.output
     missing = runner.invoke(main, ["data", "sft", "--out", "x"])
     assert missing.exit_code == 2 and "--world or --content" in missing.output
+
+
+def test_config_options_set_their_field_over_set_and_carry_its_help(runner, tmp_path):
+    from cmaq.config import WorldConfig, help_of
+
+    help_text = runner.invoke(main, ["world", "generate", "--help"], terminal_width=400).output
+    assert help_of(WorldConfig, "items") in " ".join(help_text.split()) and "[world.items]" in help_text
+    out = tmp_path / "w"
+    result = runner.invoke(main, ["--set", "world.items=50", "--set", "world.seed=4", "world", "generate",
+                                  "--items", "7", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "world.json").read_text())
+    assert manifest["counts"]["content"] == 7 and manifest["config"]["seed"] == 4  # option over --set
+
+
+def test_a_deprecated_key_is_one_warning_line(runner):
+    result = runner.invoke(main, ["--set", "rm_ctr.model_dir=/m", "config", "show", "--json"])
+    assert result.exit_code == 0
+    warnings = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+    assert warnings == ["Warning: rm_ctr.model_dir is deprecated: set model.base_dir (the base of every model); "
+                        "rm_ctr.model_dir still overrides it for rm_ctr alone"]

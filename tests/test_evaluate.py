@@ -113,7 +113,7 @@ def test_reward_hacking_is_flagged_only_when_rm_and_oracle_disagree():
 def smoke_runs(tmp_path_factory, small_world, rm_data, trained_rms, spark):
     """The reproduction chain at smoke size, twice with the same seed. World, data and reward models are
     the session's (a step is skipped when its output exists); QSA onwards runs in each."""
-    from training.evaluate.reproduce import Reproduction, profile_config
+    from cmaq.cli.reproduce import Reproduction, profile_config
 
     rms = trained_rms[0]
     runs = []
@@ -164,7 +164,7 @@ def test_reproduction_is_deterministic(smoke_runs):
 
 
 def test_reproduction_resumes_without_redoing_steps(smoke_runs):
-    from training.evaluate.reproduce import Reproduction
+    from cmaq.cli.reproduce import Reproduction
 
     root, _, _, cfg = smoke_runs[0]
     messages: list[str] = []
@@ -201,8 +201,9 @@ def test_gpu_profile_backbone_is_deterministic_and_replaces_every_base(tiny_mode
     tiny model's tokenizer, and every model of the chain (RMs, QSA, CMAQ) is built on it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cmaq.cli.reproduce import Reproduction, profile_config
+    from cmaq.engines import base_model_dir
     from cmaq.engines.tiny import build_random_backbone
-    from training.evaluate.reproduce import Reproduction, profile_config
 
     a = build_random_backbone(tmp_path / "a", hidden=64, layers=2, seed=3, tokenizer_from=tiny_model)
     b = build_random_backbone(tmp_path / "b", hidden=64, layers=2, seed=3, tokenizer_from=tiny_model)
@@ -218,5 +219,5 @@ def test_gpu_profile_backbone_is_deterministic_and_replaces_every_base(tiny_mode
     run = Reproduction(cfg, progress=lambda *_: None)
     run.make_backbone()
     backbone = str(tmp_path / "run" / "backbone")
-    assert {run.cfg.sft.model_dir, run.cfg.align.model_dir, run.cfg.rm_exp.model_dir,
-            run.cfg.rm_ctr.model_dir} == {backbone}
+    assert {base_model_dir(run.cfg.model, section.model_dir)
+            for section in (run.cfg.sft, run.cfg.align, run.cfg.rm_exp, run.cfg.rm_ctr)} == {backbone}

@@ -3,7 +3,9 @@ import threading
 
 import pytest
 
-from cmaq.pool.kv import Reader, encode_value, load_version, open_sink, redact_url
+from cmaq.pool.loader import load_version
+from cmaq.pool.reader import Reader
+from cmaq.pool.sinks import encode_value, open_sink, redact_url
 
 
 @pytest.fixture(params=["redis", "sqlite"])
@@ -90,7 +92,7 @@ def test_old_versions_stay_readable_for_the_grace_period(url):
 
 
 def test_kv_size_estimate(url):
-    from cmaq.pool.kv import estimate_size
+    from cmaq.pool.loader import estimate_size
 
     sink = open_sink(url)
     with pytest.raises(LookupError):
@@ -118,7 +120,7 @@ def test_passwords_are_redacted():
 def test_single_writer_lease(url):
     import time
 
-    from cmaq.pool.kv import Lease, LeaseHeld
+    from cmaq.pool.lease import Lease, LeaseHeld
 
     sink = open_sink(url)
     with Lease(sink, "nightly-1", ttl_s=30):
@@ -133,3 +135,29 @@ def test_single_writer_lease(url):
     time.sleep(0.5)
     assert sink.acquire("writer", "purge-2", 30) is None
     sink.release("writer", "purge-2")
+
+
+def test_the_online_reader_needs_only_the_standard_library_and_redis(tmp_path):
+    """A serving host installs redis and the package; the reader must not pull in numpy, pandas, Arrow,
+    click or the filters' native libraries."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    url = f"sqlite:///{tmp_path}/kv.db"
+    sink = open_sink(url)
+    sink.write("v1", [("c1", encode_value("c1", "v1", [{"rank": 0, "query": "dim sum nearby"}]))])
+    sink.set_pointer("v1")
+    probe = (
+        "import importlib.abc, sys\n"
+        "blocked = {'numpy', 'pandas', 'pyarrow', 'click', 'rapidfuzz', 'ahocorasick', 'pyspark', 'torch'}\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in blocked:\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from cmaq.pool.reader import Reader\n"
+        f"print(Reader({url!r}).get('c1').queries[0]['query'])\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "dim sum nearby", out.stderr[-2000:]

@@ -7,7 +7,8 @@ from conftest import REPO
 
 # Modules allowed to import the oracle: the world generator (it samples clicks from true CTR),
 # the demo that runs it, and evaluation (which compares methods against the truth).
-ALLOWED = ("cmaq.world.oracle", "cmaq.world.generate", "cmaq.demo", "training.evaluate")
+ALLOWED = ("cmaq.world.oracle", "cmaq.world.generate", "training.evaluate",
+           "cmaq.cli.world", "cmaq.cli.demo", "cmaq.cli.reproduce", "cmaq.cli.evaluation")
 
 PROBE = r"""
 import importlib, json, pkgutil, sys

@@ -11,8 +11,8 @@ def test_wheel_contains_packages_and_data(tmp_path):
                     "-w", str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
     wheel = next(tmp_path.glob("cmaq-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("jobs/nightly.py", "jobs/nearline.py", "cmaq/pool/kv.py", "cmaq/data/crosswoz_beijing.json",
-                   "filters/chain.py", "training/data/builders.py"):
+    for needed in ("jobs/nightly.py", "jobs/nearline.py", "cmaq/pool/sinks.py", "cmaq/pool/reader.py",
+                   "cmaq/data/crosswoz_beijing.json", "filters/chain.py", "jobs/data/builders.py"):
         assert needed in names, needed
     assert any(n.startswith("filters/data/") and n.endswith(".txt") for n in names)
     assert not any(n.startswith("tests/") for n in names)

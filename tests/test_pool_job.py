@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from cmaq.cli import main as cli
 from cmaq.config import load_config
-from jobs.pool import EXIT_GATES, EXIT_OK, build_pool
+from jobs.entry import EXIT_GATES, EXIT_OK
+from jobs.nightly import build_pool
 
 from conftest import REPO, command_json
 
@@ -169,7 +170,7 @@ def test_bad_input_with_the_real_engine(spark, small_world, tmp_path, tiny_model
     path = tmp_path / "bad.parquet"
     pq.write_table(table, path)
     root = tmp_path / "pool"
-    cfg = load_config(None, [f"engine.model_dir={tiny_model}", f"pool.root={root}", "pool.partitions_per_chunk=1",
+    cfg = load_config(None, [f"model.base_dir={tiny_model}", f"pool.root={root}", "pool.partitions_per_chunk=1",
                              "pool.max_quarantine_rate=0.5", "engine.max_new_tokens=12"])
     report = build_pool(spark, cfg, str(path))
     assert report.exit_code == EXIT_OK, (report.error, report.gates)
@@ -194,7 +195,8 @@ def test_pool_build_command(spark, small_world, tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_path, backend, request):
-    from cmaq.pool.kv import Lease, open_sink
+    from cmaq.pool.lease import Lease
+    from cmaq.pool.sinks import open_sink
 
     kv_url = request.getfixturevalue("redis_url") if backend == "redis" else f"sqlite:///{tmp_path}/kv.db"
     content = pq.read_table(small_world / "content").slice(0, 30)
@@ -230,14 +232,15 @@ def _kv_url(backend: str, tmp_path: Path, request) -> str:
 
 def _served(spark, root: Path) -> pd.DataFrame:
     """The current version's served rows as readers see them (nightly base plus deltas)."""
-    from cmaq.pool.versions import current_version, version_frames
+    from cmaq.pool.versions import current_version
+    from jobs.pool_tables import version_frames
 
     return version_frames(spark, root / "versions" / current_version(root))["pool"].toPandas()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_rollback_moves_both_pointers(spark, small_world, tmp_path, backend, request):
-    from cmaq.pool.kv import Reader
+    from cmaq.pool.reader import Reader
 
     kv_url = _kv_url(backend, tmp_path, request)
     content = pq.read_table(small_world / "content").slice(0, 20)
@@ -263,7 +266,7 @@ def test_rollback_moves_both_pointers(spark, small_world, tmp_path, backend, req
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_path, backend, request):
-    from cmaq.pool.kv import Reader
+    from cmaq.pool.reader import Reader
 
     kv_url = _kv_url(backend, tmp_path, request)
     content = pq.read_table(small_world / "content").slice(0, 20)
@@ -298,7 +301,7 @@ def test_purge_removes_items_and_terms_from_both_stores(spark, small_world, tmp_
 
 
 def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_world, tmp_path, request):
-    from cmaq.pool.kv import Reader
+    from cmaq.pool.reader import Reader
 
     kv_url = request.getfixturevalue("redis_url")
     content = pq.read_table(small_world / "content").slice(0, 200).to_pandas()

@@ -1,4 +1,5 @@
-from cmaq.engines.tiny import build_tiny_model, dir_hash
+from cmaq.artifacts import dir_hash
+from cmaq.engines.tiny import build_tiny_model
 from cmaq.prompts import GEN_INSTRUCTION, NOTE_CLOSE, NOTE_OPEN, PromptLimits, expansion_prompt, generation_prompt
 
 

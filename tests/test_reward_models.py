@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from cmaq.cli import main as cli
 from cmaq.config import RewardModelConfig
 from cmaq.losses import answer_nll, bpr_loss
-from cmaq.rewards import RewardScorer, combine, normalise_ctr
+from cmaq.rewards import combine, normalise_ctr
+from training.reward_models.scorer import RewardScorer
 
 ITEM = {"content_id": "c1", "lang": "en", "title": "Noodle house on Gulou", "body": "Rich broth, hand-pulled noodles.",
         "shop_name": "Lao Wang Noodles", "shop_info": "Dongcheng · 10:00-22:00"}
@@ -157,7 +158,7 @@ def test_score_command_adds_rewards_to_the_pool(trained_rms, small_world, spark,
 
     from cmaq.config import load_config
     from conftest import REPO, command_json
-    from jobs.pool import build_pool
+    from jobs.nightly import build_pool
 
     # Spark's Python workers import the engine double by name.
     monkeypatch.setenv("PYTHONPATH", str(REPO))

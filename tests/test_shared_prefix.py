@@ -84,7 +84,7 @@ def test_reward_scores_do_not_depend_on_sharing(trained_rms, small_world):
     (nothing shared) score the same."""
     import pyarrow.parquet as pq
 
-    from cmaq.rewards import RewardScorer
+    from training.reward_models.scorer import RewardScorer
 
     out, _, _ = trained_rms
     truth = pq.read_table(small_world / "truth" / "grammar").slice(0, 48).to_pylist()

@@ -9,8 +9,8 @@ from statsmodels.stats.proportion import proportions_ztest
 
 from cmaq.config import load_config
 from cmaq.text import normalize
-from training.data.builders import run
-from training.data.stats import two_proportion_ztest
+from jobs.data.builders import run
+from jobs.data.stats import two_proportion_ztest
 
 
 def test_ztest_equals_statsmodels_on_1000_random_pairs():

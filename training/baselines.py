@@ -19,24 +19,30 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
 
-from cmaq.config import AlignConfig
+from cmaq.config import AlignConfig, EngineConfig, ModelConfig
+from cmaq.engines import base_model_dir
+from training.loop import train
+from training.policy import load_policy, save_policy
+from training.preference import encode_pairs, first_iteration_samples, pair_loss_fn, reference_logps, sampler_engine
+from training.reward_models.models import tokenizer_of
+from training.reward_models.scorer import RewardScorer
 
 log = logging.getLogger(__name__)
 METHODS = ("dpo", "dpo-lw", "dpo-soup", "morl")
 
 
-def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path) -> list[dict]:
+def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path, model_dir: str,
+                         engine_cfg: EngineConfig) -> list[dict]:
     """k QSA queries per content with both rewards, built once and reused by every baseline. They are
     CMAQ's first-iteration samples (same contents, same draws), so the baselines and CMAQ start from
     the same data; with ``align.first_samples`` set the file is shared with the CMAQ runs."""
-    from cmaq.rewards import RewardScorer
-    from training.align import first_iteration_samples, sampler_engine
-    from training.sft import base_dir
-
     items, candidates, r_exp, r_ctr = first_iteration_samples(
-        cfg, rows, lambda: sampler_engine(cfg, base_dir(cfg)), lambda: RewardScorer(cfg.rm_exp, cfg.rm_ctr),
-        Path(cfg.first_samples) if cfg.first_samples else path)
+        cfg, rows, lambda: sampler_engine(cfg, engine_cfg, model_dir), lambda: RewardScorer(cfg.rm_exp, cfg.rm_ctr),
+        Path(cfg.first_samples) if cfg.first_samples else path, engine_cfg)
     flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
     return [{"content_id": it["content_id"], "query": q, "r_exp": float(e), "r_ctr": float(c), "item": it}
             for (it, q), e, c in zip(flat, r_exp, r_ctr)]
@@ -57,27 +63,17 @@ def best_vs_worst(prefs: list[dict], key) -> list[dict]:
 
 
 def ctr_log_pairs(path: str, limit: int, seed: int) -> list[dict]:
-    import pyarrow.parquet as pq
-
     rows = [r for r in pq.read_table(path).to_pylist() if r["split"] == "train"]
     rng = np.random.default_rng(seed)
     rows = [rows[i] for i in rng.permutation(len(rows))[:limit]]
     return [{"item": r, "chosen": r["y_plus"], "rejected": r["y_minus"]} for r in rows]
 
 
-def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[float] | None = None) -> dict:
+def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, model_dir: str,
+              weights: list[float] | None = None) -> dict:
     """DPO (β = β0, no NLL term) from the QSA adapter with QSA as the fixed reference."""
-    import torch
-
-    from training.align import encode_pairs, pair_loss_fn, reference_logps
-    from training.loop import train
-    from training.policy import load_policy
-    from training.reward_models.models import tokenizer_of
-    from training.sft import base_dir, save_policy
-
     if not pairs:
         raise RuntimeError(f"{out.name}: no preference pairs")
-    model_dir = base_dir(cfg)
     tokenizer = tokenizer_of(model_dir)
     torch.manual_seed(cfg.seed)
     model = load_policy(model_dir, cfg.qsa, trainable=True)
@@ -85,15 +81,12 @@ def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, weights: list[floa
     reference_logps(model, tokenizer, pairs, encoded)
     step_loss = pair_loss_fn(model, tokenizer, pairs, encoded, cfg.beta0, weights=weights)
     metrics = train(model, len(pairs), step_loss, replace(cfg, epochs=cfg.baseline_epochs), out, lambda: {}, out.name)
-    save_policy(model, out, cfg)
+    save_policy(model, out, cfg, model_dir)
     return {"pairs": len(pairs), **{k: metrics[k] for k in ("steps", "loss_first", "loss_last20")}}
 
 
 def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
     """α·(adapter a's weight delta) + (1−α)·(adapter b's), exactly, as one LoRA adapter of twice the rank."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     cfg_a = json.loads((a / "adapter_config.json").read_text())
     cfg_b = json.loads((b / "adapter_config.json").read_text())
     if (cfg_a["r"], cfg_a["lora_alpha"]) != (cfg_b["r"], cfg_b["lora_alpha"]):
@@ -117,34 +110,38 @@ def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
     return out
 
 
-def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None) -> dict:
-    import pyarrow.parquet as pq
-
+def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None,
+                 model_cfg: ModelConfig | None = None, engine_cfg: EngineConfig | None = None) -> dict:
+    """Train one baseline from the QSA adapter into ``<align.out>/<method>/adapter``; the base model and
+    the sampler's settings as for :func:`training.align.run_align`."""
     if method not in METHODS:
         raise ValueError(f"unknown baseline {method!r}: use one of {METHODS}")
     for path in (data, cfg.qsa, cfg.rm_exp, cfg.rm_ctr):
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: missing")
+    if method == "dpo" and not ctr_pairs:
+        raise ValueError("dpo trains on the mined CTR pairs: give --ctr-pairs")
     out = Path(cfg.out or "runs/baselines")
     target = out / method
+    model_dir = base_model_dir(model_cfg, cfg.model_dir)
     if method == "dpo":
-        if not ctr_pairs:
-            raise ValueError("dpo trains on the mined CTR pairs: give --ctr-pairs")
-        result = train_dpo(cfg, ctr_log_pairs(ctr_pairs, cfg.contents, cfg.seed), target)
+        result = train_dpo(cfg, ctr_log_pairs(ctr_pairs, cfg.contents, cfg.seed), target, model_dir)
     else:
-        prefs = build_preference_set(cfg, pq.read_table(data).to_pylist(), out / "preferences.parquet")
+        prefs = build_preference_set(cfg, pq.read_table(data).to_pylist(), out / "preferences.parquet", model_dir,
+                                     engine_cfg or EngineConfig())
         exp_pairs = best_vs_worst(prefs, lambda p: p["r_exp"])
         ctr_pairs_ = best_vs_worst(prefs, lambda p: p["r_ctr"])
         a = cfg.alpha
         if method == "morl":
-            result = train_dpo(cfg, best_vs_worst(prefs, lambda p: a * p["r_exp"] + (1 - a) * p["r_ctr"]), target)
+            result = train_dpo(cfg, best_vs_worst(prefs, lambda p: a * p["r_exp"] + (1 - a) * p["r_ctr"]), target,
+                               model_dir)
         elif method == "dpo-lw":
             # Weights 2α and 2(1−α) over the two pair sets: with equal counts, α·L_exp + (1−α)·L_ctr.
             weights = [2 * a] * len(exp_pairs) + [2 * (1 - a)] * len(ctr_pairs_)
-            result = train_dpo(cfg, exp_pairs + ctr_pairs_, target, weights)
+            result = train_dpo(cfg, exp_pairs + ctr_pairs_, target, model_dir, weights)
         else:
-            r_exp = train_dpo(cfg, exp_pairs, out / "soup-exp")
-            r_ctr = train_dpo(cfg, ctr_pairs_, out / "soup-ctr")
+            r_exp = train_dpo(cfg, exp_pairs, out / "soup-exp", model_dir)
+            r_ctr = train_dpo(cfg, ctr_pairs_, out / "soup-ctr", model_dir)
             merge_lora_soup(out / "soup-exp" / "adapter", out / "soup-ctr" / "adapter", a, target / "adapter")
             result = {"exp": r_exp, "ctr": r_ctr}
     result = {"method": method, "alpha": cfg.alpha, "adapter": str(target / "adapter"), **result}

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+from tqdm.auto import tqdm
+
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 
 
 def cosine_with_warmup(optimizer, warmup: int, total: int):
-    import torch
-
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
@@ -32,8 +33,6 @@ def cosine_with_warmup(optimizer, warmup: int, total: int):
 
 def batches_of(n: int, batch_size: int, epochs: float, seed: int) -> list[list[int]]:
     """Every step's example indices: whole epochs of seeded permutations, then a fraction of one."""
-    import torch
-
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, round(steps_per_epoch * epochs))
     out: list[list[int]] = []
@@ -47,8 +46,6 @@ def batches_of(n: int, batch_size: int, epochs: float, seed: int) -> list[list[i
 
 def default_device() -> str:
     """Where models train: the GPU when there is one (the GPU profile), else the CPU."""
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -59,9 +56,6 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     step_loss(indices) -> scalar loss tensor for those training examples.
     evaluate() -> held-out metrics, called at the end.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     device = default_device()
     model.to(device)
     if device == "cuda":

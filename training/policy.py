@@ -3,17 +3,24 @@ log-probability of a query given its prompt — the quantity every preference lo
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from cmaq.artifacts import LORA_TARGETS
+from cmaq.config import to_toml
+from cmaq.prompts import PromptLimits, generation_prompt
+from cmaq.shared_prefix import hidden_at, transformer_and_head
+from training.loop import default_device
 
 
 def encode(tokenizer, item, query: str, max_prompt_tokens: int) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids): the generation prompt the engines use, then " query" + end of text —
     exactly what the policy produces when it serves."""
-    from cmaq.prompts import PromptLimits, generation_prompt
-
     prompt = generation_prompt(item, tokenizer, PromptLimits(max_prompt_tokens=max_prompt_tokens))
     p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     a_ids = tokenizer(" " + query, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -27,10 +34,6 @@ def sequence_logps(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: 
     when the model is trainable. Answers to the same prompt (a preference pair) share its forward
     pass, and the LM head runs only where an answer token is predicted.
     """
-    import torch
-
-    from cmaq.shared_prefix import hidden_at, transformer_and_head
-
     transformer, lm_head = transformer_and_head(model, "lm_head")
     seqs = [list(p) + list(a) for p, a in pairs]
     # Position j predicts token j + 1: from the prompt's last token to the answer's second-to-last.
@@ -47,11 +50,6 @@ def sequence_logps(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: 
 
 def new_policy(model_dir: str, r: int, alpha: int, dropout: float = 0.0):
     """Base + a fresh LoRA adapter (what QSA trains)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from training.loop import default_device
-
     base = AutoModelForCausalLM.from_pretrained(model_dir).to(default_device())
     return get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
                                            task_type="CAUSAL_LM"))
@@ -59,10 +57,12 @@ def new_policy(model_dir: str, r: int, alpha: int, dropout: float = 0.0):
 
 def load_policy(model_dir: str, adapter: str | Path, trainable: bool = True):
     """Base + an existing adapter, its weights trainable (each CMAQ iteration continues the adapter)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from training.loop import default_device
-
     return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir).to(default_device()),
                                      str(adapter), is_trainable=trainable)
+
+
+def save_policy(model, out: Path, cfg, model_dir: str) -> Path:
+    """The adapter (PEFT format) and the run's config beside it, naming the base it was trained on."""
+    model.save_pretrained(out / "adapter")
+    (out / "config.toml").write_text(to_toml(replace(cfg, model_dir=model_dir)))
+    return out / "adapter"

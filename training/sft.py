@@ -11,34 +11,29 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cmaq.config import PolicyTrainConfig
+import pyarrow.parquet as pq
+import torch
+
+from cmaq.config import ModelConfig, PolicyTrainConfig
+from cmaq.engines import base_model_dir
+from cmaq.losses import query_nll
+from training.loop import train
+from training.policy import encode, new_policy, save_policy, sequence_logps
+from training.reward_models.models import tokenizer_of
 
 log = logging.getLogger(__name__)
 SFT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info", "query")
 
 
-def base_dir(cfg: PolicyTrainConfig) -> str:
-    from cmaq.engines.tiny import build_tiny_model
-
-    return cfg.model_dir or str(build_tiny_model())
-
-
-def train_qsa(cfg: PolicyTrainConfig, data: str) -> dict:
-    import pyarrow.parquet as pq
-    import torch
-
-    from cmaq.losses import query_nll
-    from training.loop import train
-    from training.policy import encode, new_policy, sequence_logps
-    from training.reward_models.models import tokenizer_of
-
+def train_qsa(cfg: PolicyTrainConfig, data: str, model_cfg: ModelConfig | None = None) -> dict:
+    """LoRA SFT from the base model (``cfg.model_dir``, else ``model_cfg.base_dir``, else the tiny model)."""
     if not Path(data).exists():
         raise FileNotFoundError(f"{data}: no such data; build it with `cmaq data sft`")
     rows = pq.read_table(data).to_pylist()
     missing = [c for c in SFT_FIELDS if rows and c not in rows[0]]
     if not rows or missing:
         raise ValueError(f"{data}: {'no rows' if not rows else f'missing columns {missing}'}")
-    model_dir = base_dir(cfg)
+    model_dir = base_model_dir(model_cfg, cfg.model_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer_of(model_dir)
     model = new_policy(model_dir, cfg.lora_r, cfg.lora_alpha)
@@ -60,15 +55,6 @@ def train_qsa(cfg: PolicyTrainConfig, data: str) -> dict:
 
     out = Path(cfg.out or "runs/qsa")
     metrics = train(model, len(examples), step_loss, cfg, out, lambda: {}, "qsa")
-    save_policy(model, out, cfg)
+    save_policy(model, out, cfg, model_dir)
     log.info("QSA adapter -> %s", out / "adapter")
     return metrics
-
-
-def save_policy(model, out: Path, cfg) -> Path:
-    """The adapter (PEFT format) and the run's config beside it."""
-    from cmaq.config import to_toml
-
-    model.save_pretrained(out / "adapter")
-    (out / "config.toml").write_text(to_toml(cfg))
-    return out / "adapter"

@@ -6,34 +6,36 @@
 """
 from __future__ import annotations
 
+import importlib
 import threading
 
-from cmaq.config import EngineConfig
+from cmaq.config import EngineConfig, ModelConfig
 from cmaq.engines.base import Candidate, Engine, GenResult
+from cmaq.engines.tiny import build_tiny_model
 
-__all__ = ["Candidate", "Engine", "GenResult", "get_engine", "make_engine", "resolve_model_dir"]
+__all__ = ["Candidate", "Engine", "GenResult", "base_model_dir", "get_engine", "make_engine"]
 
 _ENGINES: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()
 
 
-def resolve_model_dir(cfg: EngineConfig) -> str:
-    """The configured model directory, or the project's tiny model (built once, cached)."""
-    if cfg.model_dir:
-        return cfg.model_dir
-    from cmaq.engines.tiny import build_tiny_model
-
+def base_model_dir(model: ModelConfig | None, override: str = "") -> str:
+    """The base model directory a section uses: its own ``model_dir`` override, else ``model.base_dir``,
+    else the project's tiny model (built once, cached). The one place the base model is resolved."""
+    if override:
+        return override
+    if model is not None and model.base_dir:
+        return model.base_dir
     return str(build_tiny_model())
 
 
 def make_engine(cfg: EngineConfig) -> Engine:
     """A new engine (prefer :func:`get_engine`: engines are expensive)."""
     if ":" in cfg.backend:  # an engine class of the user's: "package.module:Class", built as Class(cfg)
-        import importlib
-
         module, _, name = cfg.backend.partition(":")
         return getattr(importlib.import_module(module), name)(cfg)
-    model_dir = resolve_model_dir(cfg)
+    model_dir = base_model_dir(None, cfg.model_dir)
+    # The engine modules import torch / vllm when an engine is built; the ground imports without them.
     if cfg.backend == "hf":
         from cmaq.engines.hf_engine import HFEngine
 

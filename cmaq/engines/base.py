@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Protocol, Sequence
 
+from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
 from cmaq.prompts import PromptLimits, generation_prompt
 
@@ -110,8 +111,6 @@ def content_id_of(item) -> str:
 def adapter_version(adapter: str | None) -> str:
     if not adapter:
         return ""
-    from cmaq.engines.tiny import dir_hash
-
     path = Path(adapter)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter}: not a PEFT adapter directory (no adapter_config.json)")

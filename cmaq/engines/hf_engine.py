@@ -6,9 +6,15 @@ each, by content hash, and switched per call; ``adapter=None`` runs the bare bas
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Mapping, Sequence
 
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
 from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, content_id_of, \
     request_seed
@@ -18,11 +24,6 @@ log = logging.getLogger(__name__)
 
 class HFEngine:
     def __init__(self, cfg: EngineConfig, model_dir: str, device: str | None = None):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from cmaq.engines.tiny import dir_hash
-
         self.cfg = cfg
         self.model_dir = model_dir
         self.model_version = dir_hash(model_dir)
@@ -42,8 +43,6 @@ class HFEngine:
         """Activate the adapter (loading it once) and return its version; '' for the bare base model."""
         if not adapter:
             return ""
-        from peft import PeftModel
-
         version = adapter_version(adapter)
         if version not in self._adapters:
             if not isinstance(self.model, PeftModel):
@@ -59,10 +58,6 @@ class HFEngine:
         """New tokens per row and, per row and step, the transition scores (``scores_only``) or the raw
         logits (a tuple over steps of (rows, vocab) tensors). ``repeat``: rows per prompt, sharing one
         prefill of the prompt (its key/value cache is copied, not recomputed, for each row)."""
-        import contextlib
-
-        import torch
-
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         no_adapter = (self.model.disable_adapter() if (not adapter_active and hasattr(self.model, "disable_adapter"))
                       else contextlib.nullcontext())
@@ -96,8 +91,6 @@ class HFEngine:
         return {"input_ids": ids.repeat_interleave(repeat, 0), "attention_mask": mask.repeat_interleave(repeat, 0)}, cache
 
     def _decode(self, tokens, scores) -> tuple[str, float]:
-        import torch
-
         eos = self.tokenizer.eos_token_id
         ids = tokens.tolist()
         n = len(ids)
@@ -147,8 +140,6 @@ class HFEngine:
         item's queries would change with the other items in its batch. Log-probabilities reported are
         the model's own (temperature 1) of the drawn tokens.
         """
-        import torch
-
         row_seeds = [seeds[s] * 1009 + r for s in slots for r in range(per_item)]
         gumbel = _RowGumbel(row_seeds, float(gen_kwargs.get("temperature", 1.0)))
         tokens, logits = self._generate(prompts, adapter_active, do_sample=False, num_beams=1, repeat=per_item,
@@ -175,14 +166,10 @@ class _RowGumbel:
     """Logits processor: logits / T plus Gumbel(0, 1) noise drawn from each row's own generator."""
 
     def __init__(self, row_seeds: list[int], temperature: float):
-        import torch
-
         self.temperature = temperature
         self.generators = [torch.Generator().manual_seed(int(s)) for s in row_seeds]
 
     def __call__(self, input_ids, scores):
-        import torch
-
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} generators")
         u = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators]).to(scores.device)

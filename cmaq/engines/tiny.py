@@ -7,13 +7,13 @@ query-like phrases — without ever seeing a note followed by its query. The tas
 later, which keeps "zero-shot" and "style-aligned" meaningfully different.
 
 The factory also trains a **test adapter**: a LoRA taught, for a few steps, a style the base model
-never produces.
-It lets adapter plumbing be tested before the real adapters exist. (The issue's example was "ends
-with the district"; a model this size cannot copy the district out of the prompt reliably, so the
-style is a fixed suffix, "nearby" / 附近.)
+never produces — a fixed suffix, "nearby" / 附近 (a model this size cannot reliably copy a field such
+as the district out of the prompt) — so adapter plumbing is tested with an adapter whose effect shows.
 
 Results are cached under ``cache_dir/<content hash>``: the hash covers the configuration and this
-file's source, so tests and the demo build each model once and a change rebuilds it.
+file's source, so tests and the demo build each model once and a change rebuilds it. torch,
+transformers, tokenizers and peft are imported inside the builders: the core installs without the
+``train`` extra, and a cached model is found without them.
 """
 from __future__ import annotations
 
@@ -28,6 +28,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from cmaq import prompts
+from cmaq.artifacts import LORA_TARGETS, dir_hash
+from cmaq.prompts import PromptLimits, generation_prompt
+from cmaq.world.content import make_item
+from cmaq.world.grammar import grammar_queries
 
 log = logging.getLogger(__name__)
 
@@ -69,27 +75,10 @@ def content_hash(cfg: TinyModelConfig, *extra: str) -> str:
     return h.hexdigest()[:16]
 
 
-def dir_hash(path: str | Path) -> str:
-    """Content hash of the files in a model or adapter directory (not of their names' timestamps)."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for p in sorted(x for x in root.rglob("*") if x.is_file()):
-        if p.name in ("README.md", "training_args.bin", "DONE", "cmaq_tiny.json") or p.name.startswith("."):
-            continue
-        h.update(str(p.relative_to(root)).encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
 # --------------------------------------------------------------------------- corpus
 
 
 def world_items(seed: int, n: int):
-    from cmaq.world.content import make_item
-    from cmaq.world.grammar import grammar_queries
-
     rng = random.Random()
     out = []
     for i in range(n):
@@ -115,8 +104,6 @@ def corpus_texts(cfg: TinyModelConfig) -> list[str]:
 
 def prompt_vocabulary() -> list[str]:
     """The prompts' fixed wording, so the tokenizer has merges for it (vocabulary, not task data)."""
-    from cmaq import prompts
-
     words = [*prompts.GEN_INSTRUCTION.values(), *prompts.EXP_INSTRUCTION.values(),
              " ".join(w for labels in prompts.LABELS.values() for w in labels), prompts.NOTE_OPEN, prompts.NOTE_CLOSE]
     return words * 50
@@ -207,8 +194,6 @@ def build_random_backbone(out: str | Path, hidden: int, layers: int, seed: int =
                           tokenizer_from: str | Path | None = None) -> Path:
     """A random-initialised Qwen2 of ``layers`` × ``hidden`` with the tiny model's tokenizer (heads of 64,
     4 query heads per key/value head), written to ``out``. Nothing is pretrained: QSA teaches it the task."""
-    import shutil
-
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
@@ -280,13 +265,12 @@ def build_test_adapter(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cmaq.prompts import PromptLimits, generation_prompt
 
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(base)
     model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
     lora = LoraConfig(r=cfg.adapter_rank, lora_alpha=2 * cfg.adapter_rank, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+                      target_modules=LORA_TARGETS)
     model = get_peft_model(model, lora)
     limits = PromptLimits(max_prompt_tokens=cfg.adapter_max_prompt_tokens)
     rng = random.Random(cfg.seed)

@@ -6,11 +6,13 @@ engine serves any number of adapters (vLLM's multi-LoRA).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import zlib
 from typing import Mapping, Sequence
 
+from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
 from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, request_seed
 
@@ -24,7 +26,6 @@ class VllmEngine:
         self._llm = None
         self._prompts: PromptBuilder | None = None
         self._loras: dict[str, object] = {}
-        from cmaq.engines.tiny import dir_hash
 
         self.model_version = dir_hash(model_dir)
 
@@ -50,8 +51,6 @@ class VllmEngine:
     def close(self) -> None:
         """Shut the engine's worker processes down now rather than at interpreter exit."""
         if self._llm is not None:
-            import gc
-
             engine_core = getattr(getattr(self._llm, "llm_engine", None), "engine_core", None)
             if engine_core is not None and hasattr(engine_core, "shutdown"):
                 engine_core.shutdown()

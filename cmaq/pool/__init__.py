@@ -1,4 +1,6 @@
-"""Serving the pool: key-value sinks and the reader (``kv``), operator actions (``ops``)."""
+"""Serving the pool: the key-value sinks (``sinks``), the online reader (``reader``), verified loads and
+size estimates (``loader``), the single-writer lease (``lease``), the version layout on disk
+(``versions``) and rollback (``rollback``). Below: what every writer of the pool shares."""
 from __future__ import annotations
 
 import json

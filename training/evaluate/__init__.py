@@ -4,6 +4,7 @@
 - `stats`: Pareto fronts, hypervolume, bootstrap intervals;
 - `tables`: per-policy summary, hypervolumes per method and per CMAQ iteration, the reward-hacking check;
 - `claims`: the paper's claims judged from those tables;
-- `report`: CSV/JSON tables, PNG figures and ``reproduction.md``;
-- `reproduce`: the whole chain behind `cmaq reproduce` and `make reproduce`.
+- `report`: CSV/JSON tables, PNG figures and ``reproduction.md`` (``write_evaluation``).
+
+The whole chain behind `cmaq reproduce` is the entry layer's (``cmaq.cli.reproduce``).
 """

@@ -13,13 +13,19 @@ One row per (policy, content) comes out, every content exactly once.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from cmaq.config import EngineConfig, FiltersConfig
+from cmaq.engines import make_engine
+from cmaq.world.oracle import ITEM_COLUMNS, Oracle
+from filters.chain import FilterChain
+from training.reward_models.scorer import RewardScorer
 
 #: The online filters of the simulated A/B test (the method's: lexical quality, relevance, harm).
 ONLINE_FILTERS = ("lexical", "relevance", "harm")
@@ -75,8 +81,6 @@ def exposed_queries(chain, items: Sequence[dict], candidates: Sequence[list[str]
 
 
 def oracle_scores(oracle, items: Sequence[dict], queries: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    from cmaq.world.oracle import ITEM_COLUMNS
-
     table = pa.table({**{c: pa.array([str(it.get(c) or "") for it in items], pa.string()) for c in ITEM_COLUMNS},
                       "query": pa.array(list(queries), pa.string())})
     true_ctr, true_exp = oracle.score_table(table)
@@ -113,14 +117,6 @@ class Evaluator:
 
     def __init__(self, model_dir: str, rm_exp: str, rm_ctr: str, items: Sequence[dict], out: str,
                  engine_cfg=None, filters_cfg=None):
-        from dataclasses import replace
-
-        from cmaq.config import EngineConfig, FiltersConfig
-        from cmaq.engines import make_engine
-        from cmaq.rewards import RewardScorer
-        from cmaq.world.oracle import Oracle
-        from filters.chain import FilterChain
-
         self.items, self.out = list(items), Path(out)
         # Transformers' engine: the evaluation switches adapters per policy, which vLLM-CPU makes slow.
         self.engine = make_engine(replace(engine_cfg or EngineConfig(), backend="hf", model_dir=model_dir))

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.evaluate.claims import Verdict
+from training.evaluate.claims import Verdict, judge
 from training.evaluate.stats import pareto_front
-from training.evaluate.tables import REFERENCE, SPACES, final_rows
+from training.evaluate.tables import REFERENCE, SPACES, final_rows, hypervolumes, reward_hacking, summarise
 
 LABELS = {"rm": ("mean r_ctr (CTR RM)", "mean r_exp (expansion RM)"),
           "oracle": ("oracle true CTR", "oracle true expansion")}
@@ -26,6 +26,7 @@ def write_tables(out: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: pd
 
 def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
     """One PNG per space: every method's final policies and front; one PNG of CMAQ's iterations."""
+    # matplotlib only where figures are drawn: importing it costs seconds, and scoring never needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,3 +119,18 @@ def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: p
     lines += ["", "## Figures", ""] + [f"![{f}]({figure_dir}/{f})" for f in figures] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
+
+
+def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int) -> dict:
+    """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy."""
+    summary = summarise(rows, rounds, seed)
+    hv = hypervolumes(summary)
+    hacking = reward_hacking(summary)
+    verdicts = judge(summary, hv)
+    tables = report_dir / "reproduction"
+    write_tables(tables, summary, hv, hacking, verdicts)
+    rows.to_parquet(tables / "rows.parquet", index=False)
+    figures = plot_fronts(tables, summary)
+    write_report(report_dir / "reproduction.md", summary, hv, hacking, verdicts, provenance, figures, "reproduction")
+    return {"report": str(report_dir / "reproduction.md"), "claims": {v.claim: v.verdict for v in verdicts},
+            "policies": len(summary)}

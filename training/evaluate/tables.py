@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cmaq.rewards import combine
 from training.evaluate.stats import bootstrap_mean, bootstrap_relative_delta, hypervolume_2d, pareto_front
 
 #: Objective pairs (x = CTR, y = expansion) per space; the reference point of each is the origin: every
@@ -18,8 +19,6 @@ CONTROL = "qsa"
 
 
 def combined(r_exp, r_ctr, alpha: float) -> np.ndarray:
-    from cmaq.rewards import combine
-
     return combine(np.asarray(r_exp, float), np.asarray(r_ctr, float), alpha)
 
 

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from cmaq.artifacts import LORA_TARGETS
+from cmaq.prompts import PromptLimits, ctr_input, expansion_prompt
 from cmaq.shared_prefix import hidden_at, transformer_and_head
 
 META = "cmaq_rm.json"
 ANSWERS = ("0", "1")
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _limits(max_len: int, extra: int):
-    from cmaq.prompts import PromptLimits
-
     return PromptLimits(max_prompt_tokens=max_len - extra)
 
 
@@ -47,8 +49,6 @@ class ExpansionRM:
         self.id0, self.id1 = answer_ids(tokenizer)
 
     def encode(self, item, query: str) -> list[int]:
-        from cmaq.prompts import expansion_prompt
-
         prompt = expansion_prompt(item, query, self.tokenizer, _limits(self.max_len, 1))
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
@@ -62,8 +62,6 @@ class ExpansionRM:
 
     def p_one(self, logits):
         """r_exp from answer logits [B, V]: softmax over the two answer tokens only."""
-        import torch
-
         pair = torch.stack([logits[:, self.id0], logits[:, self.id1]], dim=1)
         return torch.softmax(pair, dim=1)[:, 1]
 
@@ -81,8 +79,6 @@ class CtrRM:
         self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
 
     def encode(self, item, query: str) -> list[int]:
-        from cmaq.prompts import ctr_input
-
         text = ctr_input(item, query, self.tokenizer, _limits(self.max_len, 0))
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -104,8 +100,6 @@ def _last_hidden(transformer, seqs: Sequence[list[int]], groups: Sequence | None
 def _batched(rm, items, queries, batch_size: int, fn) -> np.ndarray:
     """``fn(seqs, groups)`` over batches of about ``batch_size`` sequences; the candidates of one
     content stay in one batch so they share the content's prefix."""
-    import torch
-
     seqs = [rm.encode(it, q) for it, q in zip(items, queries)]
     keys = [it.get("content_id", id(it)) if isinstance(it, dict) else id(it) for it in items]
     members: dict = {}
@@ -131,8 +125,6 @@ def _batched(rm, items, queries, batch_size: int, fn) -> np.ndarray:
 
 
 def lora_config(kind: str, r: int, alpha: int, dropout: float):
-    from peft import LoraConfig
-
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
                       task_type="CAUSAL_LM" if kind == "expansion" else "SEQ_CLS",
                       modules_to_save=None if kind == "expansion" else ["score"])
@@ -140,9 +132,6 @@ def lora_config(kind: str, r: int, alpha: int, dropout: float):
 
 def base_model(kind: str, model_dir: str, dtype=None):
     """The backbone: a causal LM, or the same weights with a scalar head (new, trained with the LoRA)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
     dtype = dtype or torch.float32
     if kind == "expansion":
         return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
@@ -150,8 +139,6 @@ def base_model(kind: str, model_dir: str, dtype=None):
 
 
 def tokenizer_of(model_dir: str):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -174,8 +161,6 @@ def read_meta(rm_dir: str | Path) -> dict:
 
 
 def _load(rm_dir: str | Path, kind: str, device: str, dtype):
-    from peft import PeftModel
-
     meta = read_meta(rm_dir)
     if meta["kind"] != kind:
         raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")

@@ -13,19 +13,22 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+from peft import get_peft_model
 
-from cmaq.config import RewardModelConfig
+from cmaq.config import ModelConfig, RewardModelConfig
+from cmaq.engines import base_model_dir
+from cmaq.losses import answer_nll, bpr_loss
 from training.loop import subset, train
-from training.reward_models.models import (CtrRM, ExpansionRM, base_model, lora_config, save_rm,
-                                           tokenizer_of)
+from training.reward_models.models import CtrRM, ExpansionRM, base_model, lora_config, save_rm, tokenizer_of
 
 log = logging.getLogger(__name__)
 PROMPT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info")
 
 
 def _read(path: str, required: tuple[str, ...]) -> list[dict]:
-    import pyarrow.parquet as pq
-
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such data; build it with `cmaq data expansion` / `cmaq data ctr-pairs`")
     table = pq.read_table(path)
@@ -58,39 +61,32 @@ def _encode_rows(rm, rows: list[dict], *query_fields: str) -> tuple[list[dict], 
     return kept, encoded, len(rows) - len(kept)
 
 
-def _prepare(kind: str, cfg: RewardModelConfig):
-    import torch
-    from peft import get_peft_model
-
-    from cmaq.engines.tiny import build_tiny_model
-
-    model_dir = cfg.model_dir or str(build_tiny_model())
+def _prepare(kind: str, cfg: RewardModelConfig, model_cfg: ModelConfig | None):
+    model_dir = base_model_dir(model_cfg, cfg.model_dir)
     torch.manual_seed(cfg.seed)
     tokenizer = tokenizer_of(model_dir)
     model = base_model(kind, model_dir)
-    if finetune_mode(cfg) == "lora":
+    if finetune_mode(cfg, model_cfg) == "lora":
         model = get_peft_model(model, lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
     return model_dir, tokenizer, model
 
 
-def finetune_mode(cfg: RewardModelConfig) -> str:
+def finetune_mode(cfg: RewardModelConfig, model_cfg: ModelConfig | None = None) -> str:
+    """``auto``: every weight of the project's tiny model (no base configured), LoRA on any other base."""
     if cfg.finetune != "auto":
         return cfg.finetune
-    return "full" if not cfg.model_dir else "lora"
+    return "full" if not (cfg.model_dir or (model_cfg and model_cfg.base_dir)) else "lora"
 
 
 def _out(cfg: RewardModelConfig, kind: str) -> Path:
     return Path(cfg.out or f"runs/rm-{kind}")
 
 
-def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None) -> dict:
-    import torch
-
-    from cmaq.losses import answer_nll
-
+def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None,
+                    model_cfg: ModelConfig | None = None) -> dict:
     train_rows, test_rows = _split(_read(data, (*PROMPT_FIELDS, "query", "label", "split")), data)
     train_rows = subset(train_rows, cfg.max_train_examples)
-    model_dir, tokenizer, model = _prepare("expansion", cfg)
+    model_dir, tokenizer, model = _prepare("expansion", cfg, model_cfg)
     rm = ExpansionRM(model, tokenizer, cfg.max_len)
     train_rows, (seqs,), skipped = _encode_rows(rm, train_rows, "query")
     test_rows, _, skipped_test = _encode_rows(rm, test_rows, "query")
@@ -114,17 +110,16 @@ def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None)
     metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-exp")
     save_rm(model, tokenizer, out_dir, {"kind": "expansion", "base_model": str(Path(model_dir).resolve()),
                                         "max_len": cfg.max_len, "data": str(data), "answer_ids": [rm.id0, rm.id1],
-                                        "finetune": finetune_mode(cfg)})
+                                        "finetune": finetune_mode(cfg, model_cfg)})
     log.info("expansion RM: test accuracy %.3f -> %s", metrics["test_accuracy"], out_dir)
     return metrics
 
 
-def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> dict:
-    from cmaq.losses import bpr_loss
-
+def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None,
+              model_cfg: ModelConfig | None = None) -> dict:
     train_rows, test_rows = _split(_read(data, (*PROMPT_FIELDS, "y_plus", "y_minus", "split")), data)
     train_rows = subset(train_rows, cfg.max_train_examples)
-    model_dir, tokenizer, model = _prepare("ctr", cfg)
+    model_dir, tokenizer, model = _prepare("ctr", cfg, model_cfg)
     rm = CtrRM(model, tokenizer, cfg.max_len)
     train_rows, (plus, minus), skipped = _encode_rows(rm, train_rows, "y_plus", "y_minus")
     test_rows, _, skipped_test = _encode_rows(rm, test_rows, "y_plus", "y_minus")
@@ -149,7 +144,7 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> di
     metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-ctr")
     save_rm(model, tokenizer, out_dir, {"kind": "ctr", "base_model": str(Path(model_dir).resolve()),
                                         "max_len": cfg.max_len, "data": str(data),
-                                        "normalisation": cfg.normalisation, "finetune": finetune_mode(cfg)})
+                                        "normalisation": cfg.normalisation, "finetune": finetune_mode(cfg, model_cfg)})
     log.info("CTR RM: test pair accuracy %.3f -> %s", metrics["test_pair_accuracy"], out_dir)
     return metrics
 
@@ -159,8 +154,6 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None) -> di
 
 def spearman(a, b) -> float:
     """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
-    import pandas as pd
-
     ra, rb = pd.Series(a).rank().to_numpy(), pd.Series(b).rank().to_numpy()
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
@@ -172,8 +165,6 @@ def oracle_agreement(rm, world: str, content_ids: set[str], truth_column: str, b
     """Mean per-item Spearman correlation between the RM's scores and the oracle's true values over
     each held-out item's grammar queries. Within an item, because the CTR RM's offset per item is
     arbitrary (and the question is whether the RM orders one note's candidates right)."""
-    import pyarrow.parquet as pq
-
     root = Path(world)
     content = {r["content_id"]: r for r in pq.read_table(root / "content").to_pylist() if r["content_id"] in content_ids}
     ids = sorted(content)[:max_items]

@@ -9,11 +9,13 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from cmaq.config import FiltersConfig
+from cmaq.text import normalize_array
+from filters.chain import shared_chain
 
 PROMPT_COLUMNS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info")
 SPLIT_SALT = "cmaq-content-split-v1"
@@ -70,8 +72,6 @@ def validate_content(content: DataFrame) -> tuple[DataFrame, DataFrame]:
         (F.col("content_id").isNull() | (F.trim("content_id") == ""), "null_content_id"),
     ])
     # A content id seen twice is ambiguous: keep the newest version, set the others aside.
-    from pyspark.sql import Window
-
     w = Window.partitionBy("content_id").orderBy(F.col("updated_at").desc_nulls_last(), F.xxhash64(*good.columns))
     ranked = good.withColumn("_n", F.row_number().over(w))
     dupes = ranked.filter("_n > 1").drop("_n")
@@ -82,8 +82,6 @@ def validate_content(content: DataFrame) -> tuple[DataFrame, DataFrame]:
 
 
 def _content_keys(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    from cmaq.text import normalize_array
-
     for rb in batches:
         joined = pc.binary_join_element_wise(pc.fill_null(rb.column("title"), ""), pc.fill_null(rb.column("body"), ""), " ")
         yield pa.RecordBatch.from_arrays([rb.column("content_id"), normalize_array(joined)],
@@ -134,8 +132,6 @@ def apply_filter_chain(df: DataFrame, filters_cfg: FiltersConfig, chain: str = "
     schema = StructType([*df.schema.fields, StructField("keep", BooleanType()), StructField("reason", StringType())])
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from filters.chain import shared_chain
-
         fc = shared_chain(filters_cfg, chain)
         for rb in batches:
             out = fc.run(rb).table

@@ -1,12 +1,17 @@
-"""Key-value sinks for the served pool, chosen by URL, and the reader the online service uses.
+"""Key-value stores for the served pool, chosen by URL: what a load writes and a reader reads.
 
     redis://[:password@]host:port/db   rediss://...   production: pipelined, non-transactional bulk writes
     sqlite:///path/to/pool.db                           the embedded default, same semantics
 
-Every published version is loaded under versioned keys ``{prefix}:{version}:{content_id}``; the
-pointer ``{prefix}:current`` names the version readers use, and it moves only after a load was
-verified. A reader resolves the pointer, then reads the item, so it always sees one complete
-version. Values are JSON with a schema version and the ordered queries with their scores.
+Layout: every published version under versioned keys ``{prefix}:{version}:{content_id}``; the pointer
+``{prefix}:current`` names the version readers use. Values are JSON with a schema version and the
+ordered queries with their scores (:func:`encode_value`). Each sink plays four roles, one protocol
+each, so a caller states which part it needs: reading (:class:`ReadableStore`), loading and retiring
+versions (:class:`VersionStore`), holding the writer's lease (:class:`LeaseStore`) and measuring
+itself (:class:`SizedStore`).
+
+Only the standard library is imported here (``redis`` when a Redis sink is opened), so the online
+reader runs with nothing but ``redis`` installed.
 """
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ import json
 import sqlite3
 import time
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -38,21 +42,45 @@ def encode_value(content_id: str, version: str, queries: list[dict]) -> bytes:
                        "queries": queries}, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-class KVSink(Protocol):
+
+class ReadableStore(Protocol):
+    """What the online reader needs."""
+
     url: str
+
+    def pointer(self) -> str | None: ...
+    def get(self, version: str, content_id: str) -> bytes | None: ...
+
+
+class VersionStore(ReadableStore, Protocol):
+    """What a bulk load, a delta, a rollback and a retirement need."""
 
     def write(self, version: str, items: Iterable[tuple[str, bytes]]) -> int: ...
     def count(self, version: str) -> int: ...
-    def get(self, version: str, content_id: str) -> bytes | None: ...
-    def pointer(self) -> str | None: ...
     def set_pointer(self, version: str) -> None: ...
     def versions(self) -> list[str]: ...
     def retire_version(self, version: str, grace_s: float) -> None: ...
-    def item_sizes(self, version: str, n: int) -> list[int]: ...
-    size_method: str  # what item_sizes measures, for the kv-size report
+    def delete_items(self, version: str, content_ids: Iterable[str]) -> None: ...
+
+
+class LeaseStore(Protocol):
+    """Where the single-writer lease is held."""
+
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None: ...
     def release(self, name: str, owner: str) -> None: ...
-    def delete_items(self, version: str, content_ids: Iterable[str]) -> None: ...
+
+
+class SizedStore(ReadableStore, Protocol):
+    """What `cmaq pool kv-size` measures."""
+
+    size_method: str  # what item_sizes measures, for the kv-size report
+
+    def count(self, version: str) -> int: ...
+    def item_sizes(self, version: str, n: int) -> list[int]: ...
+
+
+class KVSink(VersionStore, LeaseStore, SizedStore, Protocol):
+    """Every role: what :func:`open_sink` returns."""
 
 
 # --------------------------------------------------------------------------- SQLite
@@ -205,7 +233,7 @@ class RedisSink:
 
     def __init__(self, url: str, prefix: str = "cmaq", batch: int = 500, flush_every: int = 10,
                  timeout: float = 5.0):
-        import redis
+        import redis  # the serve extra: only a Redis sink needs it (SQLite is the standard library's)
 
         self.url, self.prefix, self.batch, self.flush_every = url, prefix, batch, flush_every
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -308,109 +336,3 @@ def open_sink(url: str, prefix: str = "cmaq") -> KVSink:
         return SQLiteSink(url, prefix)
     raise ValueError(f"{redact_url(url)}: unsupported KV URL (use redis://, rediss:// or sqlite:///path)")
 
-
-# --------------------------------------------------------------------------- the single-writer lease
-
-
-class LeaseHeld(RuntimeError):
-    """Another writer (nightly, nearline, purge or rollback) holds the pool's lease."""
-
-
-class Lease:
-    """``with Lease(sink, "writer", ttl_s=3600): ...`` — one writer at a time; a crashed writer's
-    lease expires after ``ttl_s``. A second writer fails fast with a message naming the holder."""
-
-    def __init__(self, sink: KVSink, owner: str, ttl_s: float = 3600.0, name: str = "writer"):
-        self.sink, self.owner, self.ttl_s, self.name = sink, owner, ttl_s, name
-
-    def __enter__(self) -> "Lease":
-        holder = self.sink.acquire(self.name, self.owner, self.ttl_s)
-        if holder is not None:
-            raise LeaseHeld(f"the pool is being written by {holder}; try again when it finishes "
-                            f"(a crashed writer's lease expires after its TTL)")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sink.release(self.name, self.owner)
-
-
-# --------------------------------------------------------------------------- reader
-
-
-@dataclass
-class Lookup:
-    content_id: str
-    version: str | None
-    queries: list[dict]
-    hit: bool
-
-
-class Reader:
-    """``Reader(url).get(content_id)``: the current version's queries for a content, or a miss."""
-
-    def __init__(self, url: str, prefix: str = "cmaq"):
-        self.sink = open_sink(url, prefix)
-
-    def get(self, content_id: str) -> Lookup:
-        version = self.sink.pointer()
-        if version is None:
-            return Lookup(content_id, None, [], False)
-        raw = self.sink.get(version, content_id)
-        if raw is None:
-            return Lookup(content_id, version, [], False)
-        value = json.loads(raw)
-        return Lookup(content_id, version, value["queries"], True)
-
-
-def load_version(sink: KVSink, version: str, items: Iterable[tuple[str, bytes]], expected: int,
-                 sample: list[tuple[str, bytes]], keep: int = 2, grace_s: float = 0.0) -> dict:
-    """Load a complete version, verify it (count and a sample read back), then move the pointer and
-    retire versions beyond the newest ``keep`` (readable for ``grace_s`` more seconds). Raises before
-    touching the pointer if verification fails."""
-    t0 = time.perf_counter()
-    written = sink.write(version, items)
-    stored = sink.count(version)
-    if stored != expected or written != expected:
-        raise RuntimeError(f"KV load of {version} incomplete: expected {expected}, wrote {written}, found {stored}")
-    for content_id, value in sample:
-        if sink.get(version, content_id) != value:
-            raise RuntimeError(f"KV load of {version}: {content_id} reads back different")
-    previous = sink.pointer()
-    sink.set_pointer(version)
-    removed = []
-    for old in sink.versions()[:-keep]:
-        if old not in (version, previous):
-            sink.retire_version(old, grace_s)
-            removed.append(old)
-    return {"version": version, "items": stored, "previous": previous, "retired": removed, "grace_s": grace_s,
-            "seconds": round(time.perf_counter() - t0, 2), "url": redact_url(sink.url)}
-
-
-def writer_lease(pool_cfg, owner: str):
-    """The pool's single-writer lease for ``owner``, held in the configured cache (a no-op context
-    when the cache is disabled: then the Parquet pointer is the only shared state)."""
-    from contextlib import nullcontext
-
-    url = pool_cfg.kv()
-    if not url:
-        return nullcontext()
-    return Lease(open_sink(url, pool_cfg.kv_prefix), owner, pool_cfg.lease_ttl_s)
-
-
-def estimate_size(sink: KVSink, sample: int = 200, version: str | None = None) -> dict:
-    """Memory per item and for two versions (the current one and the next, during a load), from a
-    sample of the version's items."""
-    import statistics
-
-    version = version or sink.pointer()
-    if version is None:
-        raise LookupError("the cache has no current version yet")
-    items = sink.count(version)
-    sizes = sorted(sink.item_sizes(version, sample))
-    if not sizes:
-        raise LookupError(f"version {version} has no items in the cache")
-    mean = statistics.fmean(sizes)
-    return {"version": version, "items": items, "sampled": len(sizes), "method": sink.size_method,
-            "bytes_per_item_mean": round(mean, 1), "bytes_per_item_p95": sizes[int(0.95 * (len(sizes) - 1))],
-            "version_bytes": int(mean * items), "two_versions_bytes": int(2 * mean * items),
-            "url": redact_url(sink.url)}

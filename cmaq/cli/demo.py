@@ -1,13 +1,14 @@
 """`make demo`: run the main job end to end on embedded defaults, and say where everything went.
 
 world -> tiny model (built once, cached) -> the recall-pool job in Spark local mode with the vLLM
-engine over a sample of the notes -> Parquet pool -> one SQL report. The KV cache and a trained
-adapter join here as they land.
+engine over a sample of the notes -> Parquet pool and the SQLite cache -> one SQL report and one
+cache lookup. It serves the bare tiny model (``pool.adapter`` empty) unless configured otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,11 +16,19 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cmaq.config import ConfigError, load_config
+from cmaq.cli.world import format_summary
+from cmaq.config import ConfigError, load_config, with_values
+from cmaq.engines.tiny import build_tiny_model
+from cmaq.pool.reader import Reader
+from cmaq.pool.sinks import redact_url
+from cmaq.world.generate import generate_world
+from jobs.nightly import build_pool
+from jobs.spark import get_spark
+from jobs.sql import run_sql
 
 
 def make_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cmaq.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m cmaq.cli.demo", description=__doc__)
     p.add_argument("--out", default="demo_out", help="Directory for everything the demo writes (recreated).")
     p.add_argument("--config", default=None, help="Optional TOML configuration file.")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -51,9 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
-    from cmaq.cli import format_summary
-    from cmaq.world.generate import generate_world
-
     out = Path(args.out).resolve()
     world_dir = out / "world"
     if world_dir.exists():
@@ -70,23 +76,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
     """The main job on a sample of the world's notes, then one analyst report."""
-    import os
-
-    from cmaq.engines.tiny import build_tiny_model
-    from cmaq.spark import get_spark
-    from jobs.pool import build_pool
-    from jobs.sql import run_sql
-
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    print("[demo] building the tiny model (cached after the first run)", flush=True)
-    cfg.engine.model_dir = str(build_tiny_model())
+    if not (cfg.model.base_dir or cfg.engine.model_dir):
+        print("[demo] building the tiny model (cached after the first run)", flush=True)
+        build_tiny_model()
     sample = out / "content_sample.parquet"
     pq.write_table(pq.read_table(world_dir / "content").slice(0, n_items), sample)
     pool_root = out / "pool"
     if pool_root.exists():
         shutil.rmtree(pool_root)
-    cfg.pool.root = str(pool_root)
-    cfg.pool.chunk_items = max(1, n_items // 2)
+    cfg = with_values(cfg, {"pool.root": str(pool_root), "pool.chunk_items": max(1, n_items // 2)})
     print(f"[demo] running the recall-pool job on {n_items} notes (Spark local mode, vLLM engine)", flush=True)
     spark = get_spark("cmaq-demo")
     report = build_pool(spark, cfg, str(sample))
@@ -94,7 +93,7 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
     if report.exit_code != 0:
         print(f"[demo] see {pool_root}/runs/{report.run_id}.json", file=sys.stderr)
         return report.exit_code
-    sql_file = Path(__file__).resolve().parents[1] / "sql" / "coverage_by_category.sql"
+    sql_file = Path(__file__).resolve().parents[2] / "sql" / "coverage_by_category.sql"
     if sql_file.exists():
         print("[demo] sql/coverage_by_category.sql:")
         print(run_sql(spark, sql_file, pool_root).toPandas().to_string(index=False))
@@ -102,8 +101,6 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
     print("[demo] a few served queries:")
     for row in top.head(5).itertuples():
         print(f"    {row.content_id}  #{row.rank}  {row.query}")
-    from cmaq.pool.kv import Reader, redact_url
-
     first = top.content_id.iloc[0]
     hit = Reader(cfg.pool.kv(), cfg.pool.kv_prefix).get(first)
     print(f"[demo] cmaq pool get {first}  (cache {redact_url(cfg.pool.kv())}, version {hit.version}):")

@@ -21,7 +21,7 @@ from pyspark.sql.types import DoubleType
 
 from cmaq.config import CmaqConfig, DataConfig, FiltersConfig
 from cmaq.schema import CTR_PAIR_SCHEMA, EXPANSION_SCHEMA, SFT_SCHEMA
-from training.data import common as c
+from jobs.data import common as c
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def build_sft(content: DataFrame, logs: DataFrame, split: DataFrame, data: DataC
 
 
 def _ztest_udf(pdf_iter):
-    from training.data.stats import two_proportion_ztest
+    # scipy is heavy and only the executors running the test need it, not every importer of the builders.
+    from jobs.data.stats import two_proportion_ztest
 
     for pdf in pdf_iter:
         z, p = two_proportion_ztest(pdf["clicks_a"], pdf["impressions_a"], pdf["clicks_b"], pdf["impressions_b"])

@@ -8,11 +8,11 @@ from __future__ import annotations
 import os
 import sys
 
+from pyspark.sql import SparkSession
+
 
 def get_spark(app_name: str = "cmaq", master: str | None = None, shuffle_partitions: int | None = None,
               conf: dict | None = None):
-    from pyspark.sql import SparkSession
-
     # Executors must run the same Python as the driver (the venv), not whatever `python3` is first on PATH.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

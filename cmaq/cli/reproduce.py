@@ -1,5 +1,11 @@
-"""`cmaq reproduce`: world → data → reward models → QSA → CMAQ over the α grid → baselines → ablations →
-evaluation → ``reports/reproduction.md``.
+"""`cmaq reproduce`: the training chain in order, on a world, and its evaluation report.
+
+    world ─► data (Spark: D_SFT, CTR pairs, expansion labels) ─► [backbone] ─► reward models (r_exp, r_ctr)
+        ─► QSA ─► CMAQ over the α grid ─► baselines (DPO, DPO-LW, MORL, DPO-Soup) ─► ablations
+        ─► evaluation ─► ``reports/reproduction.md``
+
+This is the one place the chain's order is written down (:meth:`Reproduction.steps`); each step calls
+the library function a user would call through ``cmaq data`` / ``cmaq train`` / ``cmaq eval``.
 
 Every step writes into ``reproduce.out`` and is skipped when its output is complete, so a killed run
 resumes. Sizes come from a profile (a list of ``section.key=value`` settings, overridable with
@@ -26,7 +32,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from cmaq.config import CmaqConfig, load_config, to_dict
+from cmaq.engines import base_model_dir
+from cmaq.engines.tiny import build_random_backbone
+from cmaq.world.generate import generate_world
+from cmaq.world.oracle import oracle_code_hash
+from training.align import run_align
+from training.baselines import merge_lora_soup, run_baseline
+from training.evaluate.offline import Evaluator, Policy, load_test_items
+from training.evaluate.report import write_evaluation
+from training.reward_models.train import train_ctr, train_expansion
+from training.sft import train_qsa
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +80,17 @@ ABLATION_SETTINGS = {"cmaq-wo-ot": {"reuse_first": True}, "cmaq-wo-cds": {"mean"
 MULTI_ALPHA_BASELINES = ("dpo-lw", "morl")
 
 
+def with_backbone(cfg: CmaqConfig) -> CmaqConfig:
+    """The run's configuration with its base resolved: with ``reproduce.backbone_layers > 0`` the
+    random-initialised backbone under ``reproduce.out`` is ``model.base_dir`` and no section overrides
+    it (every model of the chain shares the base); otherwise ``cfg`` as it is."""
+    if not cfg.reproduce.backbone_layers:
+        return cfg
+    backbone = str(Path(cfg.reproduce.out) / "backbone")
+    return replace(cfg, model=replace(cfg.model, base_dir=backbone),
+                   **{s: replace(getattr(cfg, s), model_dir="") for s in ("sft", "align", "rm_exp", "rm_ctr")})
+
+
 def profile_config(profile: str, config_file: str | None = None, overrides: tuple[str, ...] = ()) -> CmaqConfig:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
@@ -72,7 +101,7 @@ class Reproduction:
     """The chain's steps over one configuration; each is idempotent."""
 
     def __init__(self, cfg: CmaqConfig, spark=None, progress=print):
-        self.cfg, self.out = cfg, Path(cfg.reproduce.out)
+        self.cfg, self.out = with_backbone(cfg), Path(cfg.reproduce.out)
         self._spark, self.progress = spark, progress
         self.timings: dict[str, float] = {}
 
@@ -90,6 +119,13 @@ class Reproduction:
         return replace(c, out=str(out), alpha=alpha, qsa=str(self.out / "qsa" / "adapter"),
                        rm_exp=str(self.out / "rm-exp"), rm_ctr=str(self.out / "rm-ctr"),
                        first_samples=str(self.out / "qsa-samples.parquet"), **changes)
+
+    def _align(self, align_cfg) -> dict:
+        return run_align(align_cfg, str(self.data / "sft"), model_cfg=self.cfg.model, engine_cfg=self.cfg.engine)
+
+    def _baseline(self, align_cfg, method: str, ctr_pairs: str | None = None) -> dict:
+        return run_baseline(align_cfg, method, str(self.data / "sft"), ctr_pairs, model_cfg=self.cfg.model,
+                            engine_cfg=self.cfg.engine)
 
     def _timed(self, name: str, fn, done: Path):
         if done.exists():
@@ -110,16 +146,15 @@ class Reproduction:
 
     # ------------------------------------------------------------------ steps
     def make_world(self) -> None:
-        from cmaq.world.generate import generate_world
-
         self._timed("world", lambda: generate_world(self.cfg.world, self.world), self.world / "world.json")
 
     def make_data(self) -> None:
-        # Checked before the import: the builders need pyspark, which the GPU machine lacks.
         if all((self.data / f"summary_{k}.json").exists() for k in ("sft", "ctr-pairs", "expansion")):
             self.progress("[reproduce] data: done earlier, skipped")
             return
-        from training.data.builders import run
+        # pyspark is optional here: the GPU machine has none and gets its data built elsewhere (make
+        # reproduce-gpu-data), so the Spark builders are imported only when the data must be built.
+        from jobs.data.builders import run
 
         for kind, marker in (("sft", "summary_sft.json"), ("ctr-pairs", "summary_ctr-pairs.json"),
                              ("expansion", "summary_expansion.json")):
@@ -129,45 +164,36 @@ class Reproduction:
     @property
     def spark(self):
         if self._spark is None:
-            from cmaq.spark import get_spark
+            from jobs.spark import get_spark  # pyspark: optional, see make_data
 
             self._spark = get_spark("cmaq-reproduce")
         return self._spark
 
     def train_reward_models(self) -> None:
-        from training.reward_models.train import train_ctr, train_expansion
-
         for name, fn, section, data in (("rm-exp", train_expansion, self.cfg.rm_exp, "expansion"),
                                         ("rm-ctr", train_ctr, self.cfg.rm_ctr, "ctr_pairs")):
             out = self.out / name
-            self._timed(name, lambda: fn(replace(section, out=str(out)), str(self.data / data), str(self.world)),
-                        out / "metrics.json")
+            self._timed(name, lambda: fn(replace(section, out=str(out)), str(self.data / data), str(self.world),
+                                         model_cfg=self.cfg.model), out / "metrics.json")
 
     def train_qsa(self) -> None:
-        from training.sft import train_qsa
-
         out = self.out / "qsa"
-        self._timed("qsa", lambda: train_qsa(replace(self.cfg.sft, out=str(out)), str(self.data / "sft")),
-                    out / "adapter" / "adapter_config.json")
+        self._timed("qsa", lambda: train_qsa(replace(self.cfg.sft, out=str(out)), str(self.data / "sft"),
+                                             model_cfg=self.cfg.model), out / "adapter" / "adapter_config.json")
 
     def run_cmaq(self) -> None:
-        from training.align import run_align
-
         for alpha in self.cfg.reproduce.alphas:
             out = self.out / f"cmaq-a{alpha:g}"
-            self._timed(f"cmaq α={alpha:g}", lambda: run_align(self._align_cfg(out, alpha), str(self.data / "sft")),
-                        out / "metrics.json")
+            self._timed(f"cmaq α={alpha:g}", lambda: self._align(self._align_cfg(out, alpha)), out / "metrics.json")
 
     def run_ablations(self) -> None:
-        from training.align import run_align
-
         for alpha in self.cfg.reproduce.ablation_alphas:
             for name, changes in ABLATION_SETTINGS.items():
                 out = self.out / f"{name}-a{alpha:g}"
                 if changes.get("reuse_first"):
                     self._share_first_iteration(alpha, out)
                 self._timed(f"{name} α={alpha:g}",
-                            lambda: run_align(self._align_cfg(out, alpha, **changes), str(self.data / "sft")),
+                            lambda: self._align(self._align_cfg(out, alpha, **changes)),
                             out / "metrics.json")
 
     def _share_first_iteration(self, alpha: float, out: Path) -> None:
@@ -179,12 +205,10 @@ class Reproduction:
             shutil.copytree(src, dst)
 
     def run_baselines(self) -> None:
-        from training.baselines import merge_lora_soup, run_baseline
-
-        data, pairs = str(self.data / "sft"), str(self.data / "ctr_pairs")
+        pairs = str(self.data / "ctr_pairs")
         root = self.out / "baselines"
         first = self.cfg.reproduce.alphas[0]
-        self._timed("dpo", lambda: run_baseline(self._align_cfg(root, first), "dpo", data, pairs),
+        self._timed("dpo", lambda: self._baseline(self._align_cfg(root, first), "dpo", pairs),
                     root / "dpo" / "summary.json")
         for alpha in self.cfg.reproduce.baseline_alphas:
             for method in MULTI_ALPHA_BASELINES:
@@ -192,7 +216,7 @@ class Reproduction:
                 self._timed(f"{method} α={alpha:g}", lambda m=method, a=alpha, t=target: self._baseline_at(m, a, t),
                             target / "summary.json")
         # The soup's two single-objective adapters do not depend on α; merging is exact and cheap.
-        self._timed("dpo-soup", lambda: run_baseline(self._align_cfg(root, first), "dpo-soup", data),
+        self._timed("dpo-soup", lambda: self._baseline(self._align_cfg(root, first), "dpo-soup"),
                     root / "dpo-soup" / "summary.json")
         for alpha in self.cfg.reproduce.alphas:
             target = root / f"dpo-soup-a{alpha:g}" / "adapter"
@@ -202,10 +226,8 @@ class Reproduction:
     def _baseline_at(self, method: str, alpha: float, target: Path) -> None:
         """One α of DPO-LW or MORL, from the preference set every baseline shares (built once in
         ``baselines/preferences.parquet``)."""
-        from training.baselines import run_baseline
-
         root = self.out / "baselines"
-        result = run_baseline(self._align_cfg(root, alpha), method, str(self.data / "sft"))
+        result = self._baseline(self._align_cfg(root, alpha), method)
         shutil.rmtree(target, ignore_errors=True)
         shutil.move(str(root / method), str(target))
         result["adapter"] = str(target / "adapter")
@@ -213,8 +235,6 @@ class Reproduction:
 
     # ------------------------------------------------------------------ evaluation
     def policies(self) -> list:
-        from training.evaluate.offline import Policy
-
         r = self.cfg.reproduce
         pol = [Policy("zero-shot", None), Policy("qsa", str(self.out / "qsa" / "adapter")),
                Policy("dpo", str(self.out / "baselines" / "dpo" / "adapter"))]
@@ -229,14 +249,10 @@ class Reproduction:
         return pol
 
     def evaluate(self) -> dict:
-        import pandas as pd
-
-        from training.evaluate.offline import Evaluator, load_test_items
-        from training.sft import base_dir
-
         items = load_test_items(str(self.world), str(self.data / "test_contents"), self.cfg.reproduce.test_contents)
-        evaluator = Evaluator(base_dir(self.cfg.sft), str(self.out / "rm-exp"), str(self.out / "rm-ctr"), items,
-                              str(self.out / "eval"), engine_cfg=self.cfg.engine, filters_cfg=self.cfg.filters)
+        evaluator = Evaluator(base_model_dir(self.cfg.model, self.cfg.sft.model_dir), str(self.out / "rm-exp"),
+                              str(self.out / "rm-ctr"), items, str(self.out / "eval"), engine_cfg=self.cfg.engine,
+                              filters_cfg=self.cfg.filters)
         t0 = time.perf_counter()
         frames = []
         for i, policy in enumerate(self.policies(), 1):
@@ -248,8 +264,6 @@ class Reproduction:
                                 self.provenance(len(items)), self.cfg.reproduce.bootstrap, self.cfg.world.seed)
 
     def provenance(self, test_contents: int) -> dict:
-        from cmaq.world.oracle import oracle_code_hash
-
         world = json.loads((self.world / "world.json").read_text("utf-8"))
         a = self.cfg.align
         return {"world seed": world["config"]["seed"], "world items": world["config"]["items"],
@@ -283,37 +297,11 @@ class Reproduction:
 
     def make_backbone(self) -> None:
         """With ``reproduce.backbone_layers > 0``, a larger random-initialised Qwen2 (the tiny model's
-        tokenizer) replaces the tiny model as every model's base; built where it runs (it is too big to
-        carry and cheap to make), deterministic from the world seed."""
+        tokenizer) is every model's base (see :func:`with_backbone`); built where it runs (it is too big
+        to carry and cheap to make), deterministic from the world seed."""
         r = self.cfg.reproduce
         if r.backbone_layers == 0:
             return
-        from cmaq.engines.tiny import build_random_backbone
-
         out = self.out / "backbone"
         self._timed("backbone", lambda: build_random_backbone(out, r.backbone_hidden, r.backbone_layers,
                                                               seed=self.cfg.world.seed), out / "DONE")
-        model_dir = str(out)
-        self.cfg = replace(self.cfg, sft=replace(self.cfg.sft, model_dir=model_dir),
-                           align=replace(self.cfg.align, model_dir=model_dir),
-                           rm_exp=replace(self.cfg.rm_exp, model_dir=model_dir),
-                           rm_ctr=replace(self.cfg.rm_ctr, model_dir=model_dir))
-
-
-def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int) -> dict:
-    """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy."""
-    from training.evaluate.claims import judge
-    from training.evaluate.report import plot_fronts, write_report, write_tables
-    from training.evaluate.tables import hypervolumes, reward_hacking, summarise
-
-    summary = summarise(rows, rounds, seed)
-    hv = hypervolumes(summary)
-    hacking = reward_hacking(summary)
-    verdicts = judge(summary, hv)
-    tables = report_dir / "reproduction"
-    write_tables(tables, summary, hv, hacking, verdicts)
-    rows.to_parquet(tables / "rows.parquet", index=False)
-    figures = plot_fronts(tables, summary)
-    write_report(report_dir / "reproduction.md", summary, hv, hacking, verdicts, provenance, figures, "reproduction")
-    return {"report": str(report_dir / "reproduction.md"), "claims": {v.claim: v.verdict for v in verdicts},
-            "policies": len(summary)}

@@ -1,0 +1,82 @@
+"""`cmaq eval` (evaluate given policies) and `cmaq reproduce` (the whole chain, then the report)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from cmaq.cli.reproduce import PROFILES, Reproduction
+from cmaq.cli.settings import OPTION_VALUES, BadInput, Settings, config_option, echo_json, pass_config
+from cmaq.config import CmaqConfig
+from cmaq.engines import base_model_dir
+from training.evaluate.offline import Evaluator, Policy, load_test_items
+from training.evaluate.report import write_evaluation
+
+
+def parse_policy(spec: str) -> Policy:
+    """``METHOD[@ALPHA[@ITERATION]]=ADAPTER``; an empty ADAPTER is the bare base model."""
+    name, sep, adapter = spec.partition("=")
+    parts = name.split("@")
+    if not sep or not parts[0] or len(parts) > 3:
+        raise BadInput(f"--policy {spec!r}: expected METHOD[@ALPHA[@ITERATION]]=ADAPTER")
+    try:
+        alpha = float(parts[1]) if len(parts) > 1 else None
+        iteration = int(parts[2]) if len(parts) > 2 else None
+    except ValueError:
+        raise BadInput(f"--policy {spec!r}: α must be a number and the iteration an integer") from None
+    if adapter and not Path(adapter).is_dir():
+        raise BadInput(f"--policy {spec!r}: adapter directory {adapter} does not exist")
+    return Policy(parts[0], adapter or None, alpha, iteration)
+
+
+@click.group("eval")
+def eval_group() -> None:
+    """Evaluate policies: RM and oracle scores, Pareto fronts, the simulated A/B, the report."""
+
+
+@eval_group.command("policies")
+@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False),
+              help="World directory (content and the oracle's ground truth).")
+@click.option("--test-contents", required=True, type=click.Path(exists=True),
+              help="Held-out content ids (test_contents from `cmaq data sft`).")
+@click.option("--rm-exp", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--rm-ctr", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--policy", "policies", multiple=True, required=True, metavar="METHOD[@ALPHA[@IT]]=ADAPTER",
+              help="A policy to evaluate; repeatable. Include qsa (the A/B control). Empty ADAPTER: base model.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate the first N test contents only.")
+@click.option("--out", required=True, help="Directory for the per-content rows (one Parquet per policy).")
+@click.option("--report", required=True, help="Directory for reproduction.md, tables and figures.")
+@pass_config
+def policies(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ctr: str,
+             policies: tuple[str, ...], limit: int | None, out: str, report: str) -> None:
+    """Beam-search every policy on the held-out contents, score, and write the tables and report."""
+    parsed = [parse_policy(p) for p in policies]
+    if len({p.name for p in parsed}) != len(parsed):
+        raise BadInput("two --policy options have the same METHOD@ALPHA@ITERATION")
+    try:
+        items = load_test_items(world, test_contents, limit)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    evaluator = Evaluator(base_model_dir(cfg.model, cfg.sft.model_dir), rm_exp, rm_ctr, items, out,
+                          engine_cfg=cfg.engine, filters_cfg=cfg.filters)
+    rows = pd.concat([evaluator.rows(p) for p in parsed], ignore_index=True)
+    echo_json(write_evaluation(rows, Path(report), {"world": world, "test contents": len(items)},
+                               cfg.reproduce.bootstrap, cfg.world.seed))
+
+
+@click.command("reproduce")
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="cpu", show_default=True,
+              help="Sizes: cpu (make reproduce, 2 cores), gpu (one H100), smoke (tests).")
+@config_option("reproduce.out", "--out")
+@config_option("reproduce.report", "--report")
+@click.option("--stop-after", default="eval", show_default=True,
+              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "cmaq", "baselines", "ablations", "eval"]),
+              help="Last step to run (e.g. data: prepare a world and its training data for another machine).")
+@click.pass_context
+def reproduce(ctx: click.Context, profile: str, stop_after: str) -> None:
+    """The whole chain on a world: data, reward models, QSA, CMAQ over the α grid, baselines, ablations,
+    evaluation and reports/reproduction.md. Finished steps are skipped, so a killed run resumes."""
+    # The profile's sizes sit between the configuration file and the --set overrides: a user's --set wins.
+    cfg = ctx.find_object(Settings).with_preset(PROFILES[profile], ctx.meta.get(OPTION_VALUES, {}))
+    echo_json(Reproduction(cfg, progress=lambda m: click.echo(m, err=True)).run(stop_after))

@@ -1,0 +1,73 @@
+"""``[model]`` and ``[engine]``: the base model every model starts from, and the generation engines
+(:mod:`cmaq.engines`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmaq.config.loader import field_help, require
+
+
+@dataclass
+class ModelConfig:
+    """The one base-model setting: every model of the project starts from this directory."""
+
+    base_dir: str = field_help(
+        "Base model directory (HF format) of every model: the serving and sampling engines, both reward "
+        "models, QSA, the CMAQ loop and the evaluation. Empty: the project's tiny model, built on first use "
+        "and cached. A section's own model_dir overrides it for that section alone.", default="")
+
+
+@dataclass
+class EngineConfig:
+    """Generation engines (cmaq.engines). Each setting says why it has its default."""
+
+    backend: str = field_help("'vllm' (production and CI: vLLM, GPU or its CPU build), 'hf' (transformers), or "
+                              "'package.module:Class' for an engine of your own (tests use doubles).", default="vllm")
+    model_dir: str = field_help("Overrides model.base_dir for the engines alone (deprecated: set model.base_dir).",
+                                default="")
+    dtype: str = field_help("Weights dtype. float32 on CPU: bf16 matmuls are slow there and change beams; use "
+                            "bfloat16 on GPUs.", default="float32")
+    max_model_len: int = field_help("Context limit per request; prompts are cut to fit it with max_new_tokens.",
+                                    default=1024)
+    max_new_tokens: int = field_help("Tokens a query may take: 15 words, or 15 CJK characters, with room to end.",
+                                     default=32)
+    beam_width: int = field_help("Beams kept and queries returned by beam search (the job serves 5).", default=5)
+    beam_shared_prefill: bool = field_help(
+        "Transformers engine: prefill each prompt once and copy its cache to the beams, instead of "
+        "prefilling it once per beam (same result, a fraction of the prompt compute).", default=True)
+    length_penalty: float = field_help(
+        "Beam score = sum logprob / length^penalty. vLLM counts prompt + output tokens, transformers only "
+        "output tokens, so only 0 (pure summed log-probability) means the same in both.", default=1.0)
+    gpu_memory_utilization: float = field_help(
+        "vLLM memory share. On the CPU build it is the share of the NUMA node's RAM for the KV cache; "
+        "0.1-0.2 works on an 8.7 GiB node, 0.05 and the GPU default 0.9 fail.", default=0.15)
+    enforce_eager: bool = field_help("Skip CUDA graphs / compilation: tiny models gain nothing and start faster.",
+                                     default=True)
+    max_lora_rank: int = field_help(
+        "Largest LoRA rank served. vLLM pads every adapter to it and its CPU LoRA kernels cost grows with it "
+        "(beam search with an adapter: 8.4 s at 8, 30 s at 32 for 10 items here), so CPU runs use 8; set 32 "
+        "for the paper's r=32 adapters on GPUs.", default=8)
+    max_loras: int = field_help("Adapters vLLM keeps loaded at once (evaluation compares many).", default=4)
+    tensor_parallel_size: int = field_help("GPUs per engine; 1 on CPU.", default=1)
+    chunked_prefill: bool = field_help(
+        "Let vLLM split a long prompt's prefill across steps. Off: vLLM's CPU build cannot rewind a seeded "
+        "request's random generator after a split ('CPU Generator does not use offset'), and the training "
+        "loop's sampling is seeded. Turn on for GPU throughput.", default=False)
+    hf_batch_size: int = field_help("Prompts per transformers generate call (memory vs speed).", default=16)
+    seed: int = field_help("Engine seed (sampling seeds are derived per request from the call's seed).", default=0)
+
+    def __post_init__(self) -> None:
+        require(self.backend in ("vllm", "hf") or ":" in self.backend, "backend",
+                 f"must be 'vllm', 'hf' or 'package.module:Class', got {self.backend!r}")
+        require(self.dtype in ("float32", "bfloat16", "float16", "auto"), "dtype",
+                 f"must be float32, bfloat16, float16 or auto, got {self.dtype!r}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        require(self.max_model_len > self.max_new_tokens + 16, "max_model_len",
+                 f"must exceed max_new_tokens + 16 ({self.max_new_tokens + 16}), got {self.max_model_len}")
+        require(1 <= self.beam_width <= 32, "beam_width", f"must be in [1, 32], got {self.beam_width}")
+        require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+                 f"must be in (0, 1], got {self.gpu_memory_utilization}")
+        require(self.max_lora_rank in (8, 16, 32, 64, 128, 256, 320, 512), "max_lora_rank",
+                 f"must be one of 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's sizes), got {self.max_lora_rank}")
+        for key in ("max_loras", "tensor_parallel_size", "hf_batch_size"):
+            require(getattr(self, key) >= 1, key, "must be >= 1")

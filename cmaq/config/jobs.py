@@ -1,0 +1,85 @@
+"""``[data]`` and ``[pool]``: the Spark programs in :mod:`jobs` (training-data builders, the recall-pool job)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmaq.config.loader import field_help, require
+
+
+@dataclass
+class DataConfig:
+    """Training-data builders on Spark (jobs.data): D_SFT, CTR pairs, expansion labels."""
+
+    seed: int = field_help("Seed for tie-breaks and sampling; same seed, same output.", default=0)
+    window_months: int = field_help("Months of logs aggregated, ending at the newest month present.", default=12)
+    min_impressions: int = field_help("D_SFT: least impressions a (content, query) needs (minimum exposure).",
+                                      default=50)
+    ctr_percentile_cutoff: float = field_help("D_SFT: drop entries whose CTR is below this percentile (0-1).",
+                                              default=0.3)
+    per_category_cap: int = field_help("D_SFT: most rows kept per category after ranking.", default=10_000)
+    exposure_weight: float = field_help(
+        "D_SFT ranking: score = ctr + exposure_weight * log10(impressions); CTR first, exposure as the "
+        "auxiliary signal.", default=0.01)
+    test_fraction: float = field_help("Share of contents held out for evaluation (by normalised content text).",
+                                      default=0.2)
+    pair_min_impressions: int = field_help("CTR pairs: each query needs more than this many impressions.",
+                                           default=100)
+    pair_alpha: float = field_help("CTR pairs: keep pairs whose two-proportion z-test p-value is below this.",
+                                   default=0.01)
+    max_pairs_per_content: int = field_help("CTR pairs: most pairs per content (largest |z| first).", default=10)
+
+    def __post_init__(self) -> None:
+        require(1 <= self.window_months <= 120, "window_months", f"must be in [1, 120], got {self.window_months}")
+        require(self.min_impressions >= 0, "min_impressions", "must be >= 0")
+        require(0.0 <= self.ctr_percentile_cutoff < 1.0, "ctr_percentile_cutoff", "must be in [0, 1)")
+        require(self.per_category_cap >= 1, "per_category_cap", "must be >= 1")
+        require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        require(self.pair_min_impressions >= 0, "pair_min_impressions", "must be >= 0")
+        require(0.0 < self.pair_alpha < 1.0, "pair_alpha", "must be in (0, 1)")
+        require(self.max_pairs_per_content >= 1, "max_pairs_per_content", "must be >= 1")
+
+
+@dataclass
+class PoolConfig:
+    """The recall-pool job (jobs/nightly.py, `cmaq pool build`)."""
+
+    root: str = field_help("Pool root: versions/, staging/, runs/ and the `current` pointer live here.",
+                           default="pool")
+    adapter: str = field_help("PEFT adapter directory served by the job; empty serves the bare base model.",
+                              default="")
+    chunk_items: int = field_help("Items per generation chunk; each chunk is committed to staging on its own, "
+                                  "so a rerun after a crash redoes at most one chunk.", default=500)
+    partitions_per_chunk: int = field_help("Spark partitions per chunk (one engine per Python worker).", default=2)
+    max_quarantine_rate: float = field_help("Gate: most items that may be quarantined (0-1).", default=0.05)
+    max_volume_change: float = field_help(
+        "Gate: largest relative change of pool rows against the previous version (0-1); the first "
+        "version is exempt.", default=0.5)
+    keep_versions: int = field_help("Published versions kept on disk (older ones are removed after publishing).",
+                                    default=3)
+    kv_url: str = field_help("Key-value cache the job loads after the gates: redis://, rediss:// or sqlite:///path. "
+                             "Empty: the embedded default sqlite:///<root>/kv.db; 'none': no cache.", default="")
+    kv_prefix: str = field_help("Key prefix in the cache: keys are {prefix}:{version}:{content_id}.", default="cmaq")
+    kv_keep: int = field_help("Versions kept in the cache for rollback (the current one included).", default=2)
+    kv_grace_s: float = field_help(
+        "Seconds a version dropped from the cache stays readable (Redis: EXPIRE on its keys; SQLite: "
+        "deleted at the first write after the grace), so a reader that resolved the old pointer just "
+        "before it moved still finds its item. 0 removes it at once (UNLINK).", default=300.0)
+    lease_ttl_s: float = field_help("Seconds a writer's lease lasts; a crashed writer's lease expires after it.",
+                                    default=7200.0)
+
+    def kv(self) -> str | None:
+        """The effective cache URL, or None when disabled."""
+        if self.kv_url.lower() == "none":
+            return None
+        return self.kv_url or f"sqlite:///{Path(self.root).resolve()}/kv.db"
+
+    def __post_init__(self) -> None:
+        require(self.chunk_items >= 1, "chunk_items", "must be >= 1")
+        require(self.partitions_per_chunk >= 1, "partitions_per_chunk", "must be >= 1")
+        require(0.0 <= self.max_quarantine_rate <= 1.0, "max_quarantine_rate", "must be in [0, 1]")
+        require(self.max_volume_change >= 0.0, "max_volume_change", "must be >= 0")
+        require(self.keep_versions >= 1, "keep_versions", "must be >= 1")
+        require(self.kv_keep >= 1, "kv_keep", "must be >= 1")
+        require(self.lease_ttl_s > 0, "lease_ttl_s", "must be > 0")
+        require(self.kv_grace_s >= 0, "kv_grace_s", "must be >= 0")

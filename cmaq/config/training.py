@@ -1,0 +1,121 @@
+"""``[rm_exp]``, ``[rm_ctr]``, ``[sft]`` and ``[align]``: the trainers in :mod:`training`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cmaq.config.loader import field_help, require
+
+
+@dataclass
+class RewardModelConfig:
+    """One reward model's training (training/reward_models; `cmaq train rm-exp` / `rm-ctr`).
+    Defaults suit the tiny test backbone on a CPU; for a real 0.5B-7B base use lr 1e-4 and r 16-64."""
+
+    model_dir: str = field_help("Overrides model.base_dir for this section alone (deprecated: set model.base_dir).",
+                                default="")
+    out: str = field_help("Output directory: adapter (+ head), tokenizer, cmaq_rm.json, metrics.json, checkpoint/. "
+                          "Empty: runs/rm-exp or runs/rm-ctr.", default="")
+    finetune: str = field_help(
+        "'lora' (the method's setting: LoRA on every projection, plus the CTR head), 'full' (every weight), or "
+        "'auto': full for the project's tiny model, which LoRA barely moves (see the README), LoRA otherwise.",
+        default="auto")
+    lora_r: int = field_help("LoRA rank on every attention and MLP projection.", default=32)
+    lora_alpha: int = field_help("LoRA alpha (scale = alpha / r).", default=64)
+    lora_dropout: float = field_help("LoRA dropout.", default=0.0)
+    lr: float = field_help("Peak learning rate (AdamW, linear warm-up then cosine decay).", default=5e-4)
+    warmup_steps: int = field_help("Warm-up steps (capped at a tenth of the run).", default=30)
+    epochs: float = field_help("Passes over the training examples (fractions allowed).", default=3.0)
+    batch_size: int = field_help("Examples per step (pairs for the CTR RM).", default=16)
+    eval_batch_size: int = field_help("Examples per forward pass when scoring.", default=64)
+    max_len: int = field_help("Most tokens per input; the note body is cut to fit, the query never. Inputs that "
+                              "cannot fit even without a body are skipped and counted.", default=512)
+    max_train_examples: int = field_help("Use at most this many training examples (0: all).", default=0)
+    checkpoint_every: int = field_help("Steps between checkpoints (a killed run resumes from the last one).",
+                                       default=100)
+    seed: int = field_help("Seed for initialisation and data order.", default=0)
+    normalisation: str = field_help("CTR RM only: 'sigmoid' or 'minmax' (per content) to map r_ctr into [0, 1].",
+                                    default="sigmoid")
+
+    def __post_init__(self) -> None:
+        require(self.finetune in ("auto", "lora", "full"), "finetune", "must be 'auto', 'lora' or 'full'")
+        require(self.lora_r >= 1, "lora_r", "must be >= 1")
+        require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.epochs > 0, "epochs", "must be > 0")
+        require(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.max_len >= 64, "max_len", "must be >= 64")
+        require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
+        require(self.normalisation in ("sigmoid", "minmax"), "normalisation", "must be 'sigmoid' or 'minmax'")
+
+
+@dataclass
+class PolicyTrainConfig:
+    """Optimisation shared by QSA and the preference methods (a `[sft]` or `[align]` section)."""
+
+    model_dir: str = field_help("Overrides model.base_dir for this section alone (deprecated: set model.base_dir).",
+                                default="")
+    out: str = field_help("Output directory (adapter/, config.toml, metrics.json).", default="")
+    lora_r: int = field_help("LoRA rank (the method: 32).", default=32)
+    lora_alpha: int = field_help("LoRA alpha (the method: 8).", default=8)
+    lr: float = field_help("Peak learning rate (the method: 1e-5 on a 7B base; the tiny model needs ~1e-3).",
+                           default=1e-5)
+    batch_size: int = field_help("Pairs (or SFT examples) per optimizer step (the method: global batch 32).", default=32)
+    warmup_steps: int = field_help("Warm-up steps before cosine decay (20; capped at a tenth of a short run).",
+                                   default=20)
+    epochs: float = field_help("QSA: passes over D_SFT. Align: passes over each iteration's pairs (the method: 1).",
+                               default=1.0)
+    max_prompt_tokens: int = field_help("Prompt budget; the note body is cut to fit.", default=448)
+    checkpoint_every: int = field_help("Steps between checkpoints inside a run.", default=100)
+    seed: int = field_help("Seed for sampling contents, pairs and the data order.", default=0)
+
+    def __post_init__(self) -> None:
+        require(self.lora_r >= 1, "lora_r", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.epochs > 0, "epochs", "must be > 0")
+        require(self.max_prompt_tokens >= 64, "max_prompt_tokens", "must be >= 64")
+
+
+@dataclass
+class AlignConfig(PolicyTrainConfig):
+    """The CMAQ loop (Algorithm 1) and its ablations (`cmaq train align`)."""
+
+    iterations: int = field_help("T: online iterations.", default=3)
+    contents: int = field_help("N: contents sampled from D_SFT per iteration.", default=20_000)
+    k: int = field_help("Queries sampled per content from the previous policy.", default=8)
+    temperature: float = field_help("Sampling temperature (the method: 1.5).", default=1.5)
+    alpha: float = field_help("Weight of expansion in the combined reward (larger: more expansion).", default=0.4)
+    mean: str = field_help("'geometric' (CMAQ) or 'arithmetic' (the w/o CDS ablation).", default="geometric")
+    nll_weight: float = field_help("λ: weight of the chosen query's per-token NLL.", default=0.5)
+    gamma: float = field_help("γ: strength of the per-pair adaptive β.", default=0.2)
+    beta0: float = field_help("β0: β = β0·β̃. 1 is the method's equation; TRL's usual scale is 0.1.", default=1.0)
+    beta_floor: float = field_help("Smallest β̃ a pair gets (keeps every pair's β positive).", default=0.05)
+    static_beta: bool = field_help("w/o CT ablation: β̃ ≡ 1.", default=False)
+    reuse_first: bool = field_help("w/o OT ablation: the first iteration's preference pairs reused each iteration.",
+                                   default=False)
+    tau_mode: str = field_help("'quantile': τ1/τ2 are quantiles of the iteration's rewards; 'absolute': values.",
+                               default="quantile")
+    tau1: float = field_help("Positives: r > τ1 (a quantile in [0, 1] or an absolute reward).", default=0.7)
+    tau2: float = field_help("Negatives: r < τ2 (a quantile in [0, 1] or an absolute reward).", default=0.3)
+    qsa: str = field_help("The QSA adapter every method starts from.", default="runs/qsa/adapter")
+    rm_exp: str = field_help("Expansion reward model directory.", default="runs/rm-exp")
+    rm_ctr: str = field_help("CTR reward model directory.", default="runs/rm-ctr")
+    sampler: str = field_help("Engine that samples the k queries: 'hf' or 'vllm'.", default="hf")
+    sampler_batch: int = field_help("Contents per sampling call of the HF engine (k rows each): larger on a GPU.",
+                                    default=16)
+    first_samples: str = field_help(
+        "Parquet file of the QSA policy's samples and their two rewards. Iteration 1 of every run from the same "
+        "QSA, seed, N, k and temperature (each α, the ablations, the baselines' preference set) samples the same "
+        "queries, so they are drawn and scored once, kept here and reused; '' draws them in every run.", default="")
+    baseline_epochs: float = field_help("Baselines (`cmaq train baseline`): epochs over their pairs (the method: 3).",
+                                        default=3.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.iterations >= 1, "iterations", "must be >= 1")
+        require(self.contents >= 1 and self.k >= 2, "k", "contents >= 1 and k >= 2")
+        require(0.0 <= self.alpha <= 1.0, "alpha", "must be in [0, 1]")
+        require(self.mean in ("geometric", "arithmetic"), "mean", "must be 'geometric' or 'arithmetic'")
+        require(self.tau_mode in ("quantile", "absolute"), "tau_mode", "must be 'quantile' or 'absolute'")
+        require(self.tau2 <= self.tau1, "tau2", "must be <= tau1")
+        require(self.beta_floor > 0, "beta_floor", "must be > 0")
