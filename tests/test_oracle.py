@@ -4,6 +4,8 @@ import pyarrow as pa
 import pytest
 
 from cmaq.config import WorldConfig
+from cmaq.text import normalize, shop_core
+from cmaq.world import lexicon as lx
 from cmaq.world.generate import generate_chunk, month_starts
 from cmaq.world.oracle import ITEM_COLUMNS, Oracle
 
@@ -118,3 +120,91 @@ def test_unknown_language_or_category_is_scored_not_raised():
 def test_missing_columns_are_reported():
     with pytest.raises(ValueError, match="lacks columns"):
         ORACLE.score_table(pa.table({"query": ["x"]}))
+
+
+# --------------------------------------------------------------------------- oracle v2: the note matters
+# Each rule is checked on every item of the 1,000-item world: a query's truth depends on the note it is
+# shown under, not on its words alone.
+
+def _join(lang: str, *parts: str) -> str:
+    return (" " if lang == "en" else "").join(parts)
+
+
+@pytest.fixture(scope="module")
+def notes(truth_and_content):
+    """Per item: its content row, its own action query's and off-topic query's true scores."""
+    truth, content = truth_and_content
+    rows = content.to_pandas().set_index("content_id")
+    own = truth.pivot_table(index="content_id", columns="kind", values=["true_ctr", "true_exp"], aggfunc="first")
+    own.columns = [f"{value}:{kind}" for value, kind in own.columns]
+    return rows.join(own, how="inner")
+
+
+def _scores(notes, queries: list[str]):
+    items = pa.table({c: pa.array(notes.reset_index()[c].astype(object).tolist(), pa.string()) for c in ITEM_COLUMNS})
+    return ORACLE.score_pairs(items, np.arange(len(notes)), queries)
+
+
+def test_another_notes_shop_with_an_action_word_scores_at_most_off_topic(notes):
+    rng = np.random.default_rng(0)
+    cores = {lang: sorted({shop_core(s) for s in g.shop_name}) for lang, g in notes.groupby("lang")}
+    queries = []
+    for row in notes.itertuples():
+        others = [c for c in cores[row.lang] if c not in row.shop_name and shop_core(row.shop_name) not in c]
+        queries.append(_join(row.lang, others[rng.integers(len(others))], lx.ACTION[row.lang][rng.integers(3)]))
+    ctr, exp = _scores(notes, queries)
+    off_topic = notes["true_ctr:off_topic"].to_numpy()
+    assert ((ctr <= off_topic + 1e-9) & (exp <= 0.1)).mean() >= 0.99
+
+
+def test_an_entity_of_other_notes_is_foreign(notes):
+    rng = np.random.default_rng(1)
+    queries = []
+    for row in notes.itertuples():
+        own = set(lx.entity_lexicon(row.lang, row.category))
+        text = normalize(" ".join((row.title, row.body, row.shop_info, row.shop_name)))
+        pool = [e for c in lx.CATEGORIES if c.key != row.category for e in lx.entity_lexicon(row.lang, c.key)
+                if e not in own and normalize(e) not in text and len(normalize(e)) >= 2]
+        queries.append(pool[rng.integers(len(pool))])
+    ctr, exp = _scores(notes, queries)
+    assert ((ctr <= notes["true_ctr:off_topic"].to_numpy() + 1e-9) & (exp <= 0.1)).mean() >= 0.95
+
+
+def test_action_credit_needs_the_query_to_refer_to_the_note_or_stand_alone(notes):
+    rng = np.random.default_rng(2)
+    stray, bare = [], []
+    for row in notes.itertuples():
+        other = [c for c in lx.CATEGORIES if c.key != row.category][rng.integers(len(lx.CATEGORIES) - 1)]
+        action = lx.ACTION[row.lang][rng.integers(len(lx.ACTION[row.lang]))]
+        stray.append(_join(row.lang, other.word(row.lang), action))  # about some other kind of place
+        bare.append(action)
+    s_ctr, s_exp = _scores(notes, stray)
+    b_ctr, b_exp = _scores(notes, bare)
+    own_ctr, own_exp = notes["true_ctr:action"].to_numpy(), notes["true_exp:action"].to_numpy()
+    assert ((s_ctr < own_ctr) & (s_exp < own_exp)).mean() >= 0.95  # "<shop> <action>" refers; this does not
+    assert ((b_ctr > s_ctr) & (b_exp > s_exp)).mean() >= 0.95      # the bare phrase keeps its credit
+
+
+def test_implausible_text_is_garbage(notes):
+    rng = np.random.default_rng(3)
+    letters = list("bcdfghjklmnpqrstvwxz")
+    rare_cjk = [chr(c) for c in range(0x9F00, 0x9FA0)]
+    cases = {
+        "letter soup": lambda r: (" ".join("".join(rng.choice(letters, 4)) for _ in range(3)) if r.lang == "en"
+                                  else "".join(rng.choice(rare_cjk, 5))),
+        "shop-info fragment": lambda r: " · ".join(r.shop_info.split(" · ")[2:4]),
+        "digits and prices": lambda r: "10:00-22:00 $25 4.5",
+        "repeated fragment": lambda r: _join(r.lang, *[r.shop_info.split(" · ")[1]] * 3),
+    }
+    floor = notes["true_ctr:off_topic"].to_numpy()
+    for name, make in cases.items():
+        ctr, exp = _scores(notes, [make(r) for r in notes.itertuples()])
+        assert ((ctr < floor) & (exp < 0.05)).mean() >= 0.95, name
+
+
+def test_the_truth_hash_covers_every_source_it_depends_on():
+    from cmaq.world.oracle import TRUTH_SOURCES, oracle_code_hash
+
+    assert {"world/oracle.py", "world/lexicon.py", "text.py", "world/generate.py", "config/world.py"} \
+        <= set(TRUTH_SOURCES)
+    assert len(oracle_code_hash()) == 16

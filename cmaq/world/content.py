@@ -55,10 +55,6 @@ def content_id(index: int) -> str:
 
 # ----------------------------------------------------------------- English notes
 
-_EN_FIRST = ("Golden", "Red Lantern", "Blue Door", "Little", "Happy", "Old Mill", "Sunny", "Corner",
-             "Lucky", "Jade", "Maple", "Silver", "Twin Pines", "Bamboo", "North Star", "Copper",
-             "Willow", "Harbor Light", "Green Leaf", "Moonrise")
-
 _EN_TITLES = (
     "{shop}: the {ent} is worth the trip {emo}",
     "My honest review of {shop}",
@@ -95,7 +91,6 @@ _EN_TOPIC_SENTENCES = (
 
 # ----------------------------------------------------------------- Chinese notes
 
-_ZH_FIRST = ("老街", "小院", "悦来", "福满", "星光", "好时光", "金鼎", "万家", "知味", "乐享", "遇见", "半山")
 
 _ZH_TITLES = (
     "{shop}｜{ent}太绝了{emo}",
@@ -188,7 +183,7 @@ def _place_zh(cat: lx.Category, rng: random.Random, data: lx.BeijingData):
     elif cat.key == "scenic":
         name = pick(rng, data.sights)
     else:
-        name = f"{pick(rng, _ZH_FIRST)}{pick(rng, cat.zh_names)}({area}店)"
+        name = f"{pick(rng, lx.ZH_SHOP_FIRST)}{pick(rng, cat.zh_names)}({area}店)"
     return name, area, cat.zh_entities, "周一至周日 10:00-22:00", rng.randint(40, 400), None
 
 
@@ -200,7 +195,7 @@ def make_item(world_seed: int, index: int, zh_fraction: float, updated_base_s: i
     cat = pick(rng, lx.CATEGORIES)
     if lang == "en":
         district = pick(rng, lx.EN_DISTRICTS)
-        shop = f"{pick(rng, _EN_FIRST)} {pick(rng, cat.en_names)}"
+        shop = f"{pick(rng, lx.EN_SHOP_FIRST)} {pick(rng, cat.en_names)}"
         if rng.random() < 0.3:
             shop += f" ({district})"
         ents = cat.en_entities

@@ -194,6 +194,12 @@ CATEGORIES: tuple[Category, ...] = (
 CATEGORY_BY_KEY = {c.key: c for c in CATEGORIES}
 FOOD_KEYS = tuple(c.key for c in CATEGORIES if c.kind == "food")
 
+# First words of invented shop names (English places; zh places that are not real CrossWOZ ones).
+EN_SHOP_FIRST = ("Golden", "Red Lantern", "Blue Door", "Little", "Happy", "Old Mill", "Sunny", "Corner",
+                 "Lucky", "Jade", "Maple", "Silver", "Twin Pines", "Bamboo", "North Star", "Copper",
+                 "Willow", "Harbor Light", "Green Leaf", "Moonrise")
+ZH_SHOP_FIRST = ("老街", "小院", "悦来", "福满", "星光", "好时光", "金鼎", "万家", "知味", "乐享", "遇见", "半山")
+
 EN_DISTRICTS = _t(
     "Riverside|Old Town|Harbor|Midtown|West End|Northgate|Lakeside|University District|Chinatown|"
     "Market Square|Eastside|Hillcrest|Station Road|Garden Quarter|Canal Street|South Bay")
@@ -300,3 +306,46 @@ def entity_lexicon(lang: str, category: str) -> tuple[str, ...]:
     if lang == "zh" and category in FOOD_KEYS:
         return tuple(sorted(set(cat.zh_entities) | set(beijing().dishes.get(category, ()))))
     return cat.entities(lang)
+
+
+@lru_cache(maxsize=None)
+def shop_names(lang: str) -> tuple[str, ...]:
+    """Every shop (or place) name a note of this language can carry, without branch: invented ones
+    (first word x each category's suffixes) and the real Beijing restaurants, hotels and sights."""
+    if lang == "en":
+        names = {f"{first} {suffix}" for first in EN_SHOP_FIRST for c in CATEGORIES for suffix in c.en_names}
+    else:
+        data = beijing()
+        names = {f"{first}{suffix}" for first in ZH_SHOP_FIRST for c in CATEGORIES for suffix in c.zh_names}
+        names |= {p.name for places in data.restaurants.values() for p in places} | set(data.hotels) | set(data.sights)
+    return tuple(sorted(names))
+
+
+@lru_cache(maxsize=None)
+def world_entities(lang: str) -> tuple[str, ...]:
+    """Every entity some note of the world talks about: each category's dishes, rooms and facilities,
+    the districts, and (zh) the real sights and hotels."""
+    found = {e for c in CATEGORIES for e in entity_lexicon(lang, c.key)} | set(districts(lang))
+    if lang == "zh":
+        found |= set(beijing().sights) | set(beijing().hotels)
+    return tuple(sorted(found))
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> tuple[frozenset[str], frozenset[str]]:
+    """The world's words: (Latin-script words, CJK character bigrams) of every lexicon string. Text
+    with neither is not a query anybody on the platform would type."""
+    strings: list[str] = [w for c in CATEGORIES for lang in LANGS
+                          for w in (c.word(lang), *entity_lexicon(lang, c.key), *c.near(lang), *c.far(lang),
+                                    *(c.en_names if lang == "en" else c.zh_names))]
+    for table in (ACTION, EXPLORE, COMMERCIAL, GENERIC, OFF_TOPIC):
+        strings += [w for lang in LANGS for w in table[lang]]
+    for lang in LANGS:
+        strings += [*shop_names(lang), *world_entities(lang)]
+    words, bigrams = set(), set()
+    for s in strings:
+        s = s.lower()
+        words.update(re.findall(r"[a-z]+", s))
+        for run in re.findall(r"[\u4e00-\u9fff]+", s):
+            bigrams.update(run[i:i + 2] for i in range(len(run) - 1))
+    return frozenset(words), frozenset(bigrams)

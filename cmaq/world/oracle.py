@@ -11,7 +11,17 @@ How a query is judged (all matching on NFKC-lower-cased text):
 * lexicon hits: the item's category entities (dishes, rooms, facilities), its district, its shop
   name, near and far related topics *the note does not already mention*, action phrases
   (reservation, opening hours), explore phrases, commercial phrases, generic and off-topic phrases.
-* garbage: empty, no letters, a token repeated three times or more; over-long queries are penalised.
+* garbage: empty, no letters, a token repeated three times or more, a fragment repeated three times,
+  text dominated by digits, times, prices or punctuation, a fragment of the shop-info line, or no
+  word (no CJK character pair) of the world's vocabulary; over-long queries are penalised.
+* **foreign** names: a query naming a shop (or branch) other than this note's, or an entity (dish,
+  sight, hotel, district) of the world that is neither in this note nor in its category's lexicon or
+  related topics, is about some other note: its true CTR is capped at the off-topic level of this
+  note and its true expansion at 0.1, whatever else it contains.
+* **reference**: action, explore, commercial and generic phrases count only in a query that refers to
+  this note (its shop, district, one of its category's entities or topics, its category word, or a
+  copy of its name or title), or when the phrase stands alone ("opening hours"), which a reader takes
+  to be about the note above it.
 
 CTR rises with redundancy (users click the name of the shop they are reading about), entities,
 actions, near topics and commercial terms; it falls for far topics, generic, off-topic and garbage.
@@ -75,15 +85,25 @@ class OracleWeights:
     exp_off_topic: float = 0.6
     exp_garbage: float = -4.0
     exp_unknown: float = -0.5
+    foreign_max_exp: float = 0.1   # true expansion cap of a query about another note
     max_en_words: int = 10
     max_zh_chars: int = 15
 
 
+#: Everything the truth depends on: the oracle, its lexicon, the normalisation it applies, the world
+#: generator (notes, grammar, logs, annotations) and the world configuration's defaults.
+TRUTH_SOURCES = ("world/oracle.py", "world/lexicon.py", "text.py", "world/content.py", "world/grammar.py",
+                 "world/generate.py", "config/world.py")
+
+
 def oracle_code_hash() -> str:
-    """sha256 of the oracle's and lexicon's source: recorded so results name the truth they used."""
+    """sha256 of every source in :data:`TRUTH_SOURCES`: recorded in world.json and every report, so
+    results name the truth they used."""
     h = hashlib.sha256()
-    for mod in (__file__, lx.__file__):
-        h.update(Path(mod).read_bytes())
+    root = Path(__file__).resolve().parents[1]
+    for rel in TRUTH_SOURCES:
+        h.update(rel.encode())
+        h.update((root / rel).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -95,6 +115,10 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 _FEATURES = ("entity", "category", "action", "explore", "commercial", "generic", "off_topic", "near", "far")
 _BIT = {name: 1 << i for i, name in enumerate(_FEATURES)}
 _TOPIC_BITS = _BIT["near"] | _BIT["far"]
+# A query refers to its note through one of these (or its shop, district, or a copy of its name or title) ...
+_REFERRING_BITS = _BIT["entity"] | _BIT["category"] | _TOPIC_BITS
+# ... and only then do these phrases count (or when one stands alone as the whole query).
+_REFERENCE_NEEDED_BITS = _BIT["action"] | _BIT["explore"] | _BIT["commercial"] | _BIT["generic"]
 
 
 @lru_cache(maxsize=None)
@@ -118,6 +142,33 @@ def _matcher(lang: str, category: str) -> ahocorasick.Automaton:
         auto.add_word(key, (key, b))
     auto.make_automaton()
     return auto
+
+
+@lru_cache(maxsize=None)
+def _world_matcher(lang: str) -> ahocorasick.Automaton:
+    """Every shop name (full and without branch) and entity of the world, normalised -> (term, is_shop):
+    what a query may name that belongs to some other note."""
+    terms: dict[str, bool] = {}
+    for name in lx.shop_names(lang):
+        for t in (normalize(name), normalize(shop_core(name))):
+            if len(t) >= 2:
+                terms[t] = True
+    for e in lx.world_entities(lang):
+        t = normalize(e)
+        if len(t) >= 2:
+            terms.setdefault(t, False)
+    auto = ahocorasick.Automaton()
+    for t, is_shop in terms.items():
+        auto.add_word(t, (t, is_shop))
+    auto.make_automaton()
+    return auto
+
+
+@lru_cache(maxsize=None)
+def _bare_phrases(lang: str) -> frozenset[str]:
+    """Action, explore, commercial and generic phrases that may stand alone as a whole query."""
+    return frozenset(normalize(p) for table in (lx.ACTION, lx.EXPLORE, lx.COMMERCIAL, lx.GENERIC)
+                     for p in table.get(lang, ()))
 
 
 def _on_word_boundaries(q: str, end: int, length: int) -> bool:
@@ -192,12 +243,20 @@ class Oracle:
         red = np.maximum.reduce([process.cpdist(q, [s[i] for i in ix], **kw) for s in (shop_i, core_i, title_i)])
         red = np.where([bool(s) for s in q], red / 100.0, 0.0)
 
-        masks, near, far = _lexicon_hits(q, ix, lang_i, cat_i, note_i)
+        notes: dict[int, str] = {}  # normalised note text, per item, on first need
+        masks, near, far, spans = _lexicon_hits(q, ix, lang_i, cat_i, note_i, notes)
+        shop = np.array([len(core_i[i]) >= 2 and core_i[i] in s for s, i in zip(q, ix)], bool)
+        district = np.array([bool(district_i[i]) and district_i[i] in s for s, i in zip(q, ix)], bool)
+        # Action, explore, commercial and generic credit needs the query to be about this note.
+        refers = shop | district | (red >= 0.6) | ((masks & _REFERRING_BITS) > 0)
+        bare = np.array([bool(s) and lang_i[i] in lx.LANGS and s in _bare_phrases(lang_i[i]) for s, i in zip(q, ix)])
+        masks = np.where(refers | bare, masks, masks & ~_REFERENCE_NEEDED_BITS)
         f = {name: ((masks & bit) > 0).astype(np.float64) for name, bit in _BIT.items()}
         f["near"], f["far"] = near, far
         f["red"] = red.astype(np.float64)
-        f["shop"] = np.array([len(core_i[i]) >= 2 and core_i[i] in s for s, i in zip(q, ix)], np.float64)
-        f["district"] = np.array([bool(district_i[i]) and district_i[i] in s for s, i in zip(q, ix)], np.float64)
+        f["shop"], f["district"] = shop.astype(np.float64), district.astype(np.float64)
+        f["foreign"] = np.array([_names_other_note(s, i, spans[j], lang_i, shop_i, district_i, note_i, notes)
+                                 for j, (s, i) in enumerate(zip(q, ix))], np.float64)
         f["garbage"] = np.array([_is_garbage(s) for s in q], np.float64)
         words = np.array([len(s.split()) for s in q])
         chars = np.array([len(s) for s in q])
@@ -205,7 +264,7 @@ class Oracle:
         extra = np.where(is_en, np.maximum(0, words - self.w.max_en_words),
                          np.maximum(0, chars - self.w.max_zh_chars) / 2.0)
         f["extra_tokens"] = extra.astype(np.float64)
-        hits = (masks > 0) | (f["shop"] > 0) | (f["district"] > 0)
+        hits = (masks > 0) | shop | district
         f["unknown"] = (~hits & (f["red"] < 0.5)).astype(np.float64)
         f["item_offset"] = offset_i[idx] if n else np.zeros(0)
         return f
@@ -236,19 +295,30 @@ class Oracle:
         )
         ctr = np.clip(_sigmoid(ctr_logit), 1e-4, 1 - 1e-4)
         exp = _sigmoid(exp_logit)
-        return ctr, exp
+        # A query about some other note: at most what an off-topic query earns here, and little expansion.
+        off_topic_level = np.clip(_sigmoid(w.ctr_bias + w.ctr_item_spread * f["item_offset"] + w.ctr_off_topic),
+                                  1e-4, 1 - 1e-4)
+        foreign = f["foreign"] > 0
+        ctr = np.where(foreign, np.minimum(ctr, off_topic_level), ctr)
+        exp = np.where(foreign, np.minimum(exp, w.foreign_max_exp), exp)
+        # Text that is no query at all: the garbage floor, whatever words it happens to contain.
+        garbage_level = np.clip(_sigmoid(w.ctr_bias + w.ctr_item_spread * f["item_offset"] + w.ctr_garbage),
+                                1e-4, 1 - 1e-4)
+        garbage = f["garbage"] > 0
+        return np.where(garbage, garbage_level, ctr), np.where(garbage, 0.0, exp)
 
 
-def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[str],
-                  note_i: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per query: OR of the feature bits of the lexicon terms it contains, and how many near and
-    far related topics it names that its note does not already mention (each capped at 2)."""
+def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[str], note_i: list[str],
+                  notes: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[int, int]]]]:
+    """Per query: OR of the feature bits of the lexicon terms it contains, how many near and far
+    related topics it names that its note does not already mention (each capped at 2), and the
+    (start, end) spans of those terms (the query's words that belong to its note's category)."""
     known = [(lg in lx.LANGS and c in lx.CATEGORY_BY_KEY) for lg, c in zip(lang_i, cat_i)]
     auto_i = [_matcher(lg, c) if k else None for lg, c, k in zip(lang_i, cat_i, known)]
     en_i = [lg == "en" for lg in lang_i]
     near_bit, far_bit = _BIT["near"], _BIT["far"]
-    notes: dict[int, str] = {}
     masks, near, far = [0] * len(q), [0] * len(q), [0] * len(q)
+    spans: list[list[tuple[int, int]]] = [[] for _ in q]
     for j, (s, i) in enumerate(zip(q, ix)):
         auto = auto_i[i]
         if auto is None or not s:
@@ -258,6 +328,7 @@ def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[st
             if en and not _on_word_boundaries(s, end, len(term)):
                 continue
             m |= b
+            spans[j].append((end - len(term) + 1, end))
             if b & _TOPIC_BITS:
                 topics = [(term, b)] if topics is None else topics + [(term, b)]
         masks[j] = m
@@ -268,7 +339,57 @@ def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[st
             fresh = {(term, b) for term, b in topics if term not in note}
             near[j] = min(2, sum(1 for _, b in fresh if b & near_bit))
             far[j] = min(2, sum(1 for _, b in fresh if b & far_bit))
-    return np.array(masks, np.int64), np.array(near, np.float64), np.array(far, np.float64)
+    return np.array(masks, np.int64), np.array(near, np.float64), np.array(far, np.float64), spans
+
+
+#: What may follow a shop's name and still name that shop ("<name> restaurant", "<name>店").
+_SHOP_SUFFIXES = frozenset({"", "店", "restaurant", "官网", "official"})
+
+
+def _is_own_shop(name: str, core: str) -> bool:
+    """A world shop name that is this note's shop with a generic suffix (another chain's branch with
+    the same brand and a suffix is still this brand's shop)."""
+    return len(core) >= 2 and name.startswith(core) and name[len(core):].strip() in _SHOP_SUFFIXES
+
+
+def _names_other_note(s: str, i: int, own_spans: list[tuple[int, int]], lang_i: list[str], shop_i: list[str],
+                      district_i: list[str], note_i: list[str], notes: dict[int, str]) -> bool:
+    """Whether query ``s`` names a shop, or an entity of the world, that is not item ``i``'s: not its
+    shop (full or without branch), not its district, not a term of its category's lexicon (``own_spans``)
+    and not anywhere in its note."""
+    lang = lang_i[i]
+    if not s or lang not in lx.LANGS:
+        return False
+    en = lang == "en"
+    hits = [(end - len(t) + 1, end, t, is_shop) for end, (t, is_shop) in _world_matcher(lang).iter(s)
+            if not en or _on_word_boundaries(s, end, len(t))]
+    if not hits:
+        return False
+    shop, district, core = shop_i[i], district_i[i], normalize(shop_core(shop_i[i]))
+    own = list(own_spans)  # spans of this note's lexicon terms, its shop, district and words of its text
+    rest = []
+    for hit in hits:
+        start, end, t, is_shop = hit
+        if any(a <= start and end <= b for a, b in own_spans):
+            continue
+        if t in shop or t == district or (is_shop and _is_own_shop(t, core)):
+            own.append((start, end))
+            continue
+        note = notes.get(i)
+        if note is None:
+            note = notes[i] = normalize(note_i[i])
+        if t in note:
+            own.append((start, end))
+        else:
+            rest.append(hit)
+    if not rest:
+        return False
+    # Foreign: a name with a character this note does not account for (a name that merely straddles
+    # two of the note's own words, as zh text without spaces can, is not).
+    covered = [False] * len(s)
+    for a, b in own:
+        covered[a:b + 1] = [True] * (b + 1 - a)
+    return any(not all(covered[start:end + 1]) for start, end, _, _ in rest)
 
 
 def _check_columns(table: pa.Table, needed) -> None:
@@ -278,11 +399,34 @@ def _check_columns(table: pa.Table, needed) -> None:
 
 
 _LETTER = re.compile(r"[^\W\d_]")
+_NOT_LETTER = re.compile(r"[^\w\s]|[\d_]")
+# Pieces of the shop-info line: its " · " separator and its labelled fields (hours, price per person,
+# rating, recommendations). A title may say 人均77元吃到… ; only the bare price is the info line's.
+_SHOP_INFO = re.compile(r"\s·\s|\bhours \d|\bper person\b|\brating \d|\babout \$\d|营业时间\s*\d|人均\s*\d+元$|"
+                        r"评分\s*\d|推荐[:：]|周一至周日")
+_REPEATED_FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")
+_WORD = re.compile(r"[a-z]+")
+_CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
+_CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
 
 
+@lru_cache(maxsize=1 << 16)  # many queries (phrases, topics) recur under thousands of notes
 def _is_garbage(q: str) -> bool:
-    """Empty, no letters at all, or one token making up a third or more of three or more tokens."""
+    """Not a plausible query: empty; no letters, or fewer letters than digits, times, prices and
+    punctuation; a fragment of the shop-info line; a fragment repeated three times; no word (nor CJK
+    character pair) of the world's vocabulary; or one token making up a third of three or more."""
     if not q or not _LETTER.search(q):
+        return True
+    others = len(_NOT_LETTER.findall(q))
+    # More digits, times, prices and punctuation than letters (a CJK character weighs as a word's two
+    # letters, so "1982餐厅" or "798艺术区" are names, "10:00-22:00 $25" is not).
+    if others and others > len(q) - q.count(" ") - others + len(_CJK_CHAR.findall(q)):
+        return True
+    if _SHOP_INFO.search(q) or _REPEATED_FRAGMENT.search(q.replace(" ", "")):
+        return True
+    words, bigrams = lx.vocabulary()
+    if not any(w in words for w in _WORD.findall(q)) and not any(
+            run[k:k + 2] in bigrams for run in _CJK_RUN.findall(q) for k in range(len(run) - 1)):
         return True
     tokens = q.split()
     if len(tokens) < 3:
