@@ -115,6 +115,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 _FEATURES = ("entity", "category", "action", "explore", "commercial", "generic", "off_topic", "near", "far")
 _BIT = {name: 1 << i for i, name in enumerate(_FEATURES)}
 _TOPIC_BITS = _BIT["near"] | _BIT["far"]
+_WORLD_ENTITY, _WORLD_SHOP = 1, 2  # a term some note of the world names: an entity, a shop
 # A query refers to its note through one of these (or its shop, district, or a copy of its name or title) ...
 _REFERRING_BITS = _BIT["entity"] | _BIT["category"] | _TOPIC_BITS
 # ... and only then do these phrases count (or when one stands alone as the whole query).
@@ -122,8 +123,26 @@ _REFERENCE_NEEDED_BITS = _BIT["action"] | _BIT["explore"] | _BIT["commercial"] |
 
 
 @lru_cache(maxsize=None)
+def _world_terms(lang: str) -> dict[str, int]:
+    """Every shop name (full and without branch) and entity of the world, normalised -> WORLD_SHOP or
+    WORLD_ENTITY: what a query may name that belongs to some other note."""
+    terms: dict[str, int] = {}
+    for name in lx.shop_names(lang):
+        for t in (normalize(name), normalize(shop_core(name))):
+            if len(t) >= 2:
+                terms[t] = _WORLD_SHOP
+    for e in lx.world_entities(lang):
+        t = normalize(e)
+        if len(t) >= 2:
+            terms.setdefault(t, _WORLD_ENTITY)
+    return terms
+
+
+@lru_cache(maxsize=None)
 def _matcher(lang: str, category: str) -> ahocorasick.Automaton:
-    """One Aho–Corasick automaton per (lang, category): normalised term -> (term, feature bits)."""
+    """One Aho–Corasick automaton per (lang, category): normalised term -> (term, feature bits of the
+    category's lexicon, world kind). One pass over a query finds both what it says about this kind of
+    note and which names of the whole world it contains."""
     cat = lx.CATEGORY_BY_KEY[category]
     groups = {
         "entity": lx.entity_lexicon(lang, category), "category": (cat.word(lang),),
@@ -137,29 +156,10 @@ def _matcher(lang: str, category: str) -> ahocorasick.Automaton:
             key = normalize(term)
             if key:
                 bits[key] = bits.get(key, 0) | _BIT[name]
+    world = _world_terms(lang)
     auto = ahocorasick.Automaton()
-    for key, b in bits.items():
-        auto.add_word(key, (key, b))
-    auto.make_automaton()
-    return auto
-
-
-@lru_cache(maxsize=None)
-def _world_matcher(lang: str) -> ahocorasick.Automaton:
-    """Every shop name (full and without branch) and entity of the world, normalised -> (term, is_shop):
-    what a query may name that belongs to some other note."""
-    terms: dict[str, bool] = {}
-    for name in lx.shop_names(lang):
-        for t in (normalize(name), normalize(shop_core(name))):
-            if len(t) >= 2:
-                terms[t] = True
-    for e in lx.world_entities(lang):
-        t = normalize(e)
-        if len(t) >= 2:
-            terms.setdefault(t, False)
-    auto = ahocorasick.Automaton()
-    for t, is_shop in terms.items():
-        auto.add_word(t, (t, is_shop))
+    for key in bits.keys() | world.keys():
+        auto.add_word(key, (key, bits.get(key, 0), world.get(key, 0)))
     auto.make_automaton()
     return auto
 
@@ -244,7 +244,7 @@ class Oracle:
         red = np.where([bool(s) for s in q], red / 100.0, 0.0)
 
         notes: dict[int, str] = {}  # normalised note text, per item, on first need
-        masks, near, far, spans = _lexicon_hits(q, ix, lang_i, cat_i, note_i, notes)
+        masks, near, far, spans, names = _lexicon_hits(q, ix, lang_i, cat_i, note_i, notes)
         shop = np.array([len(core_i[i]) >= 2 and core_i[i] in s for s, i in zip(q, ix)], bool)
         district = np.array([bool(district_i[i]) and district_i[i] in s for s, i in zip(q, ix)], bool)
         # Action, explore, commercial and generic credit needs the query to be about this note.
@@ -255,7 +255,8 @@ class Oracle:
         f["near"], f["far"] = near, far
         f["red"] = red.astype(np.float64)
         f["shop"], f["district"] = shop.astype(np.float64), district.astype(np.float64)
-        f["foreign"] = np.array([_names_other_note(s, i, spans[j], lang_i, shop_i, district_i, note_i, notes)
+        f["foreign"] = np.array([bool(names[j]) and _names_other_note(s, i, spans[j], names[j], shop_i, core_i,
+                                                                      district_i, note_i, notes)
                                  for j, (s, i) in enumerate(zip(q, ix))], np.float64)
         f["garbage"] = np.array([_is_garbage(s) for s in q], np.float64)
         words = np.array([len(s.split()) for s in q])
@@ -309,26 +310,33 @@ class Oracle:
 
 
 def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[str], note_i: list[str],
-                  notes: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[list[tuple[int, int]]]]:
+                  notes: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, list]:
     """Per query: OR of the feature bits of the lexicon terms it contains, how many near and far
-    related topics it names that its note does not already mention (each capped at 2), and the
-    (start, end) spans of those terms (the query's words that belong to its note's category)."""
+    related topics it names that its note does not already mention (each capped at 2), the
+    (start, end) spans of those terms (the query's words that belong to its note's category), and the
+    (start, end, term, is_shop) of every name of the world it contains."""
     known = [(lg in lx.LANGS and c in lx.CATEGORY_BY_KEY) for lg, c in zip(lang_i, cat_i)]
     auto_i = [_matcher(lg, c) if k else None for lg, c, k in zip(lang_i, cat_i, known)]
     en_i = [lg == "en" for lg in lang_i]
     near_bit, far_bit = _BIT["near"], _BIT["far"]
     masks, near, far = [0] * len(q), [0] * len(q), [0] * len(q)
     spans: list[list[tuple[int, int]]] = [[] for _ in q]
+    names: list[list[tuple[int, int, str, bool]]] = [[] for _ in q]
     for j, (s, i) in enumerate(zip(q, ix)):
         auto = auto_i[i]
         if auto is None or not s:
             continue  # unknown language or category: no lexicon knowledge, judged as unknown
         m, topics, en = 0, None, en_i[i]
-        for end, (term, b) in auto.iter(s):
+        for end, (term, b, world) in auto.iter(s):
             if en and not _on_word_boundaries(s, end, len(term)):
                 continue
+            start = end - len(term) + 1
+            if world:
+                names[j].append((start, end, term, world == _WORLD_SHOP))
+            if not b:
+                continue
             m |= b
-            spans[j].append((end - len(term) + 1, end))
+            spans[j].append((start, end))
             if b & _TOPIC_BITS:
                 topics = [(term, b)] if topics is None else topics + [(term, b)]
         masks[j] = m
@@ -339,7 +347,7 @@ def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[st
             fresh = {(term, b) for term, b in topics if term not in note}
             near[j] = min(2, sum(1 for _, b in fresh if b & near_bit))
             far[j] = min(2, sum(1 for _, b in fresh if b & far_bit))
-    return np.array(masks, np.int64), np.array(near, np.float64), np.array(far, np.float64), spans
+    return np.array(masks, np.int64), np.array(near, np.float64), np.array(far, np.float64), spans, names
 
 
 #: What may follow a shop's name and still name that shop ("<name> restaurant", "<name>店").
@@ -352,20 +360,13 @@ def _is_own_shop(name: str, core: str) -> bool:
     return len(core) >= 2 and name.startswith(core) and name[len(core):].strip() in _SHOP_SUFFIXES
 
 
-def _names_other_note(s: str, i: int, own_spans: list[tuple[int, int]], lang_i: list[str], shop_i: list[str],
-                      district_i: list[str], note_i: list[str], notes: dict[int, str]) -> bool:
+def _names_other_note(s: str, i: int, own_spans: list[tuple[int, int]], hits: list[tuple[int, int, str, bool]],
+                      shop_i: list[str], core_i: list[str], district_i: list[str], note_i: list[str],
+                      notes: dict[int, str]) -> bool:
     """Whether query ``s`` names a shop, or an entity of the world, that is not item ``i``'s: not its
     shop (full or without branch), not its district, not a term of its category's lexicon (``own_spans``)
-    and not anywhere in its note."""
-    lang = lang_i[i]
-    if not s or lang not in lx.LANGS:
-        return False
-    en = lang == "en"
-    hits = [(end - len(t) + 1, end, t, is_shop) for end, (t, is_shop) in _world_matcher(lang).iter(s)
-            if not en or _on_word_boundaries(s, end, len(t))]
-    if not hits:
-        return False
-    shop, district, core = shop_i[i], district_i[i], normalize(shop_core(shop_i[i]))
+    and not anywhere in its note. ``hits``: the world's names in the query, from its note's matcher."""
+    shop, district, core = shop_i[i], district_i[i], core_i[i]
     own = list(own_spans)  # spans of this note's lexicon terms, its shop, district and words of its text
     rest = []
     for hit in hits:
@@ -417,12 +418,13 @@ def _is_garbage(q: str) -> bool:
     character pair) of the world's vocabulary; or one token making up a third of three or more."""
     if not q or not _LETTER.search(q):
         return True
-    others = len(_NOT_LETTER.findall(q))
+    compact = q.replace(" ", "")
+    others = 0 if compact.isalpha() else len(_NOT_LETTER.findall(q))
     # More digits, times, prices and punctuation than letters (a CJK character weighs as a word's two
     # letters, so "1982餐厅" or "798艺术区" are names, "10:00-22:00 $25" is not).
-    if others and others > len(q) - q.count(" ") - others + len(_CJK_CHAR.findall(q)):
+    if others and others > len(compact) - others + len(_CJK_CHAR.findall(q)):
         return True
-    if _SHOP_INFO.search(q) or _REPEATED_FRAGMENT.search(q.replace(" ", "")):
+    if _SHOP_INFO.search(q) or (len(compact) >= 6 and _REPEATED_FRAGMENT.search(compact)):
         return True
     words, bigrams = lx.vocabulary()
     if not any(w in words for w in _WORD.findall(q)) and not any(
