@@ -71,7 +71,7 @@ class Settings:
             raise BadInput(str(exc)) from None
 
 
-def field_type(key: str) -> tuple[type, str]:
+def field_owner(key: str) -> tuple[type, str]:
     """The section class holding dotted ``key`` and the field's name."""
     cls: Any = CmaqConfig
     *sections, name = key.split(".")
@@ -88,7 +88,7 @@ _CLICK_TYPES = {int: click.INT, float: click.FLOAT, str: click.STRING, bool: cli
 def config_option(key: str, *param_decls: str, **attrs: Any) -> Callable:
     """A click option that sets configuration field ``key`` (e.g. ``"world.items"``); its help is the
     field's help text. Not given (or given empty): the field keeps its configured value."""
-    cls, name = field_type(key)
+    cls, name = field_owner(key)
     attrs.setdefault("type", _CLICK_TYPES.get(typing.get_type_hints(cls)[name], click.STRING))
 
     def remember(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
