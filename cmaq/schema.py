@@ -46,6 +46,16 @@ GRAMMAR_TRUTH_SCHEMA = pa.schema([
     pa.field("true_exp", pa.float64(), nullable=False),
 ])
 
+# The answer key of what an earlier recommender showed by mistake (cmaq.world.mistakes): other
+# notes' queries, popular phrases and malformed text, each judged for the note it was shown under.
+MISTAKE_TRUTH_SCHEMA = pa.schema([
+    pa.field("content_id", pa.string(), nullable=False),
+    pa.field("query", pa.string(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("true_ctr", pa.float64(), nullable=False),
+    pa.field("true_exp", pa.float64(), nullable=False),
+])
+
 # The content fields every training row carries, so trainers never join.
 _CONTENT_FOR_PROMPTS = [
     pa.field("content_id", pa.string(), nullable=False),

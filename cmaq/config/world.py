@@ -19,9 +19,17 @@ class WorldConfig:
         "Probability that an expansion annotation is flipped (a perfect classifier then scores "
         "about 1 - noise).", default=0.15)
     annotated_fraction: float = field_help("Fraction of items that receive expansion annotations.", default=0.5)
-    annotations_per_item: int = field_help("Grammar queries annotated per annotated item.", default=4)
+    annotations_per_item: int = field_help("Queries annotated per annotated item.", default=4)
     exposed_min: int = field_help("Fewest grammar queries an item has ever exposed in the logs.", default=4)
     exposed_max: int = field_help("Most grammar queries an item has ever exposed in the logs.", default=9)
+    mistaken_share: float = field_help(
+        "Share of a note's exposed queries that an earlier recommender showed by mistake: other notes' "
+        "queries (same category, same district, other shops' names), phrases popular everywhere and a "
+        "little malformed text. Their clicks follow the oracle's CTR for the note they were shown under.",
+        default=0.3)
+    annotated_mistaken_share: float = field_help(
+        "Expected share of annotated pairs drawn from the mistaken exposures rather than the note's own "
+        "grammar queries.", default=0.3)
     chunk_items: int = field_help(
         "Items generated and written per chunk (bounds memory; one Parquet row group each).",
         default=4096)
@@ -47,5 +55,9 @@ class WorldConfig:
                  f"must be in [1, 12], got {self.annotations_per_item}")
         require(1 <= self.exposed_min <= self.exposed_max <= 12, "exposed_min",
                  f"need 1 <= exposed_min <= exposed_max <= 12, got {self.exposed_min}, {self.exposed_max}")
+        require(0.0 <= self.mistaken_share <= 0.8, "mistaken_share",
+                 f"must be in [0, 0.8], got {self.mistaken_share}")
+        require(0.0 <= self.annotated_mistaken_share <= 1.0, "annotated_mistaken_share",
+                 f"must be in [0, 1], got {self.annotated_mistaken_share}")
         require(self.chunk_items >= 1, "chunk_items", f"must be >= 1, got {self.chunk_items}")
         require(self.items_per_file >= 1, "items_per_file", f"must be >= 1, got {self.items_per_file}")

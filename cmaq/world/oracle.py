@@ -33,6 +33,7 @@ tied to the note's entities do well on both: that is the trade-off the method ad
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 import zlib
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class OracleWeights:
 #: Everything the truth depends on: the oracle, its lexicon, the normalisation it applies, the world
 #: generator (notes, grammar, logs, annotations) and the world configuration's defaults.
 TRUTH_SOURCES = ("world/oracle.py", "world/lexicon.py", "text.py", "world/content.py", "world/grammar.py",
+                 "world/mistakes.py",
                  "world/generate.py", "config/world.py")
 
 
@@ -216,6 +218,7 @@ class Oracle:
     def score_pairs(self, items: pa.Table, item_index: np.ndarray, queries) -> tuple[np.ndarray, np.ndarray]:
         """Score ``queries[j]`` against ``items[item_index[j]]``; returns (true_ctr, true_exp)."""
         _check_columns(items, ITEM_COLUMNS)
+        items = pa.table({c: items[c].cast(pa.string()) for c in ITEM_COLUMNS})  # string or large_string in
         item_index = np.asarray(item_index, np.int64)
         if len(item_index) != len(queries):
             raise ValueError(f"{len(queries)} queries but {len(item_index)} item indices")
@@ -231,8 +234,9 @@ class Oracle:
         core_i = [normalize(shop_core(s)) for s in shop_i]
         title_i = normalize_array(items["title"]).to_pylist()
         district_i = normalize_array(items["district"]).to_pylist()
-        note_i = pc.binary_join_element_wise(
-            *(pc.fill_null(items[c], "") for c in ("title", "body", "shop_info", "shop_name")), " ").to_pylist()
+        # The note's own words: a topic it already covers adds nothing; a name it contains is its own.
+        note_i = normalize_array(pc.binary_join_element_wise(
+            *(pc.fill_null(items[c], "") for c in ("title", "body", "shop_info", "shop_name")), " ")).to_pylist()
         lang_i = pc.fill_null(items["lang"], "").to_pylist()
         cat_i = pc.fill_null(items["category"], "").to_pylist()
         cid_i = pc.fill_null(items["content_id"], "").to_pylist()
@@ -243,20 +247,20 @@ class Oracle:
         red = np.maximum.reduce([process.cpdist(q, [s[i] for i in ix], **kw) for s in (shop_i, core_i, title_i)])
         red = np.where([bool(s) for s in q], red / 100.0, 0.0)
 
-        notes: dict[int, str] = {}  # normalised note text, per item, on first need
-        masks, near, far, spans, names = _lexicon_hits(q, ix, lang_i, cat_i, note_i, notes)
+        masks, near, far, spans, names = _lexicon_hits(q, ix, lang_i, cat_i, note_i)
         shop = np.array([len(core_i[i]) >= 2 and core_i[i] in s for s, i in zip(q, ix)], bool)
         district = np.array([bool(district_i[i]) and district_i[i] in s for s, i in zip(q, ix)], bool)
         # Action, explore, commercial and generic credit needs the query to be about this note.
         refers = shop | district | (red >= 0.6) | ((masks & _REFERRING_BITS) > 0)
-        bare = np.array([bool(s) and lang_i[i] in lx.LANGS and s in _bare_phrases(lang_i[i]) for s, i in zip(q, ix)])
+        bare = np.array([bool(s) and lang_i[i] in lx.LANGS and s in _bare_phrases(lang_i[i]) for s, i in zip(q, ix)],
+                        bool)
         masks = np.where(refers | bare, masks, masks & ~_REFERENCE_NEEDED_BITS)
         f = {name: ((masks & bit) > 0).astype(np.float64) for name, bit in _BIT.items()}
         f["near"], f["far"] = near, far
         f["red"] = red.astype(np.float64)
         f["shop"], f["district"] = shop.astype(np.float64), district.astype(np.float64)
         f["foreign"] = np.array([bool(names[j]) and _names_other_note(s, i, spans[j], names[j], shop_i, core_i,
-                                                                      district_i, note_i, notes)
+                                                                      district_i, note_i)
                                  for j, (s, i) in enumerate(zip(q, ix))], np.float64)
         f["garbage"] = np.array([_is_garbage(s) for s in q], np.float64)
         words = np.array([len(s.split()) for s in q])
@@ -309,45 +313,51 @@ class Oracle:
         return np.where(garbage, garbage_level, ctr), np.where(garbage, 0.0, exp)
 
 
-def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[str], note_i: list[str],
-                  notes: dict[int, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, list]:
+def _lexicon_hits(q: list[str], ix: list[int], lang_i: list[str], cat_i: list[str],
+                  note_i: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list, list]:
     """Per query: OR of the feature bits of the lexicon terms it contains, how many near and far
     related topics it names that its note does not already mention (each capped at 2), the
     (start, end) spans of those terms (the query's words that belong to its note's category), and the
-    (start, end, term, is_shop) of every name of the world it contains."""
+    (start, end, term, is_shop) of every name of the world it contains outside those spans."""
     known = [(lg in lx.LANGS and c in lx.CATEGORY_BY_KEY) for lg, c in zip(lang_i, cat_i)]
-    auto_i = [_matcher(lg, c) if k else None for lg, c, k in zip(lang_i, cat_i, known)]
-    en_i = [lg == "en" for lg in lang_i]
     near_bit, far_bit = _BIT["near"], _BIT["far"]
     masks, near, far = [0] * len(q), [0] * len(q), [0] * len(q)
-    spans: list[list[tuple[int, int]]] = [[] for _ in q]
-    names: list[list[tuple[int, int, str, bool]]] = [[] for _ in q]
+    spans: list[tuple] = [()] * len(q)
+    names: list[tuple] = [()] * len(q)
     for j, (s, i) in enumerate(zip(q, ix)):
-        auto = auto_i[i]
-        if auto is None or not s:
+        if not known[i] or not s:
             continue  # unknown language or category: no lexicon knowledge, judged as unknown
-        m, topics, en = 0, None, en_i[i]
-        for end, (term, b, world) in auto.iter(s):
-            if en and not _on_word_boundaries(s, end, len(term)):
-                continue
-            start = end - len(term) + 1
-            if world:
-                names[j].append((start, end, term, world == _WORLD_SHOP))
-            if not b:
-                continue
-            m |= b
-            spans[j].append((start, end))
-            if b & _TOPIC_BITS:
-                topics = [(term, b)] if topics is None else topics + [(term, b)]
-        masks[j] = m
+        masks[j], topics, spans[j], names[j] = _analyse(lang_i[i], cat_i[i], s)
         if topics:  # a related topic counts only when the note does not already cover it
-            note = notes.get(i)
-            if note is None:
-                note = notes[i] = normalize(note_i[i])
+            note = note_i[i]
             fresh = {(term, b) for term, b in topics if term not in note}
             near[j] = min(2, sum(1 for _, b in fresh if b & near_bit))
             far[j] = min(2, sum(1 for _, b in fresh if b & far_bit))
     return np.array(masks, np.int64), np.array(near, np.float64), np.array(far, np.float64), spans, names
+
+
+@lru_cache(maxsize=1 << 17)  # a query string recurs under many notes of a category (names, phrases, topics)
+def _analyse(lang: str, category: str, s: str) -> tuple[int, tuple, tuple, tuple]:
+    """What the query says, whatever note it is shown under: (feature bits, related topics as
+    (term, bits), spans of the category's terms, world names outside those spans as
+    (start, end, term, is_shop))."""
+    m, topics, spans, names = 0, [], [], []
+    en = lang == "en"
+    for end, (term, b, world) in _matcher(lang, category).iter(s):
+        if en and not _on_word_boundaries(s, end, len(term)):
+            continue
+        start = end - len(term) + 1
+        if world:
+            names.append((start, end, term, world == _WORLD_SHOP))
+        if not b:
+            continue
+        m |= b
+        spans.append((start, end))
+        if b & _TOPIC_BITS:
+            topics.append((term, b))
+    # A name inside one of the category's own terms ("beef" in "beef tripe") is that term's word.
+    names = [h for h in names if not any(a <= h[0] and h[1] <= b for a, b in spans)]
+    return m, tuple(topics), tuple(spans), tuple(names)
 
 
 #: What may follow a shop's name and still name that shop ("<name> restaurant", "<name>店").
@@ -361,25 +371,19 @@ def _is_own_shop(name: str, core: str) -> bool:
 
 
 def _names_other_note(s: str, i: int, own_spans: list[tuple[int, int]], hits: list[tuple[int, int, str, bool]],
-                      shop_i: list[str], core_i: list[str], district_i: list[str], note_i: list[str],
-                      notes: dict[int, str]) -> bool:
+                      shop_i: list[str], core_i: list[str], district_i: list[str], note_i: list[str]) -> bool:
     """Whether query ``s`` names a shop, or an entity of the world, that is not item ``i``'s: not its
     shop (full or without branch), not its district, not a term of its category's lexicon (``own_spans``)
-    and not anywhere in its note. ``hits``: the world's names in the query, from its note's matcher."""
+    and not anywhere in its note. ``hits``: the world's names in the query outside ``own_spans``."""
     shop, district, core = shop_i[i], district_i[i], core_i[i]
     own = list(own_spans)  # spans of this note's lexicon terms, its shop, district and words of its text
     rest = []
     for hit in hits:
         start, end, t, is_shop = hit
-        if any(a <= start and end <= b for a, b in own_spans):
-            continue
         if t in shop or t == district or (is_shop and _is_own_shop(t, core)):
             own.append((start, end))
             continue
-        note = notes.get(i)
-        if note is None:
-            note = notes[i] = normalize(note_i[i])
-        if t in note:
+        if t in note_i[i]:
             own.append((start, end))
         else:
             rest.append(hit)
@@ -411,7 +415,15 @@ _CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
 _CJK_CHAR = re.compile(r"[\u4e00-\u9fff]")
 
 
-@lru_cache(maxsize=1 << 16)  # many queries (phrases, topics) recur under thousands of notes
+def _may_repeat(compact: str) -> bool:
+    """Cheap necessary condition of a fragment repeated three times: some character pair occurs
+    three times or more (the regular expression itself backtracks over every start and length)."""
+    pairs = list(map(operator.add, compact, compact[1:]))
+    distinct = set(pairs)
+    return len(pairs) - len(distinct) >= 2 and any(pairs.count(p) >= 3 for p in distinct)
+
+
+@lru_cache(maxsize=1 << 18)  # many queries (phrases, topics) recur under thousands of notes
 def _is_garbage(q: str) -> bool:
     """Not a plausible query: empty; no letters, or fewer letters than digits, times, prices and
     punctuation; a fragment of the shop-info line; a fragment repeated three times; no word (nor CJK
@@ -424,7 +436,7 @@ def _is_garbage(q: str) -> bool:
     # letters, so "1982餐厅" or "798艺术区" are names, "10:00-22:00 $25" is not).
     if others and others > len(compact) - others + len(_CJK_CHAR.findall(q)):
         return True
-    if _SHOP_INFO.search(q) or (len(compact) >= 6 and _REPEATED_FRAGMENT.search(compact)):
+    if _SHOP_INFO.search(q) or (len(compact) >= 6 and _may_repeat(compact) and _REPEATED_FRAGMENT.search(compact)):
         return True
     words, bigrams = lx.vocabulary()
     if not any(w in words for w in _WORD.findall(q)) and not any(
