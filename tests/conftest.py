@@ -138,7 +138,8 @@ def trained_rms(rm_data, small_world, tmp_path_factory):
     from training.reward_models.train import train_ctr, train_expansion
 
     out = tmp_path_factory.mktemp("rms")
-    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=4, checkpoint_every=40),
+    # At most 6 epochs, stopping once the validation loss rises (the best epoch's weights are kept).
+    exp = train_expansion(RewardModelConfig(out=str(out / "exp"), epochs=6, patience=1, checkpoint_every=40),
                           str(rm_data / "expansion"), str(small_world))
     ctr = train_ctr(RewardModelConfig(out=str(out / "ctr"), epochs=1, checkpoint_every=40),
                     str(rm_data / "ctr_pairs"), str(small_world))

@@ -79,14 +79,17 @@ def test_bpr_loss_equals_trl_reward_trainer(tiny_model, tmp_path):
 
 def test_reward_models_learn(trained_rms):
     out, exp, ctr = trained_rms
-    # Above chance on held-out data (the full-size figures are in the closing note and the README).
-    assert exp["test_accuracy"] > max(exp["test_positive_rate"], 1 - exp["test_positive_rate"]) + 0.03, exp
+    # Above chance on held-out data (the full-size figures are in the closing note and the README). The
+    # expansion RM ranks held-out positives above negatives (AUC; on this 600-note world its thresholded
+    # accuracy sits near the 63% majority rate, so accuracy would not tell learning from noise).
+    assert exp["test_auc"] > 0.6, exp
+    assert exp["validation_curve"] and exp["best_step"] in [step for step, _ in exp["validation_curve"]]
     assert ctr["test_pair_accuracy"] >= 0.7, ctr
     assert exp["loss_last20"] < exp["loss_first"] and ctr["loss_last20"] < ctr["loss_first"]
     assert exp["oracle"]["mean_spearman"] > 0.2 and ctr["oracle"]["mean_spearman"] > 0.2
     for kind in ("exp", "ctr"):
         saved = json.loads((out / kind / "metrics.json").read_text())
-        assert saved["steps"] == len(saved["loss_curve"]) and not (out / kind / "checkpoint").exists()
+        assert saved["steps_run"] == len(saved["loss_curve"]) and not (out / kind / "checkpoint").exists()
 
 
 def test_scorer_is_deterministic_and_batch_invariant(trained_rms, small_world):
@@ -202,3 +205,89 @@ def test_consistent_dpo_loss_and_adaptive_beta_by_hand():
     assert bt.tolist() == pytest.approx([1 + 0.2 * (0.81 - m), 1 + 0.2 * (0.30 - m), 1 + 0.2 * (0.56 - m)])
     assert float(bt.mean()) == pytest.approx(1.0)
     assert float(adaptive_beta(r_c, r_l, gamma=50.0).min()) == pytest.approx(0.05)  # the floor
+
+
+def test_isotonic_fit_by_hand():
+    from cmaq.rewards import fit_isotonic
+
+    cal = fit_isotonic([1, 2, 3, 4], [1, 3, 2, 4], [1, 1, 1, 1])
+    assert cal.apply([0, 1, 2, 2.5, 3, 4, 9]).tolist() == pytest.approx([1, 1, 2.5, 2.5, 2.5, 4, 4])
+    weighted = fit_isotonic([4, 3, 2, 1], [4, 2, 3, 1], [1, 3, 1, 1])   # order of input does not matter
+    assert weighted.apply([2, 3]).tolist() == pytest.approx([(3 * 1 + 2 * 3) / 4] * 2)
+    assert fit_isotonic([1, 2, 3], [3, 2, 1], [1, 1, 1]).apply([1, 3]).tolist() == pytest.approx([2, 2])
+    with pytest.raises(ValueError):
+        fit_isotonic([1, 2], [1], [1, 1])
+
+
+def test_expected_calibration_error():
+    from cmaq.rewards import expected_calibration_error
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.5, 20_000)
+    n = rng.integers(200, 2000, 20_000)
+    clicks = rng.binomial(n, p)
+    assert expected_calibration_error(p, clicks, n) < 0.005
+    assert expected_calibration_error(np.clip(p + 0.1, 0, 1), clicks, n) == pytest.approx(0.1, abs=0.005)
+    assert expected_calibration_error(np.full(len(p), 0.9), clicks, n) > 0.6
+
+
+def test_calibrated_normalisation_needs_its_calibration():
+    from cmaq.rewards import Calibration
+
+    with pytest.raises(ValueError, match="calibration"):
+        normalise_ctr([0.0, 1.0], "calibrated")
+    cal = Calibration((0.0, 1.0), (0.1, 0.3))
+    assert normalise_ctr([-5.0, 0.5, 5.0], "calibrated", calibration=cal).tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert Calibration.from_dict(cal.to_dict()) == cal
+
+
+def test_early_stopping_keeps_the_weights_of_the_best_validation(tmp_path):
+    from training.loop import train
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    cfg = RewardModelConfig(epochs=10, batch_size=4, patience=2, checkpoint_every=1000, lr=0.1, warmup_steps=1)
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 1.0, 0.5])
+    seen = []
+
+    def validate():
+        seen.append(model.weight.detach().clone())
+        return next(scripted)
+
+    metrics = train(model, 8, lambda idx: ((model(x[idx]) - y[idx]) ** 2).mean(), cfg, tmp_path, lambda: {},
+                    "linear", validate)
+    # one validation per epoch (2 steps); after the 2nd the loss rose twice: stop after the 4th
+    assert [step for step, _ in metrics["validation_curve"]] == [2, 4, 6, 8]
+    assert metrics["stopped_early_at"] == 8 and metrics["best_step"] == 4 and metrics["steps_run"] == 8
+    assert len(metrics["loss_curve"]) == 8 and metrics["steps"] == 20
+    assert torch.equal(model.weight.detach(), seen[1]) and not torch.equal(seen[1], seen[3])
+
+
+def test_a_calibrated_ensemble_of_ctr_models(rm_data, tmp_path):
+    from training.reward_models.models import member_dirs
+    from training.reward_models.train import train_ctr
+
+    cfg = RewardModelConfig(out=str(tmp_path / "ens"), members=2, epochs=0.5, max_train_examples=160,
+                            normalisation="calibrated", checkpoint_every=1000)
+    metrics = train_ctr(cfg, str(rm_data / "ctr_pairs"))
+    assert metrics["members_count"] == 2 and len(metrics["members"]) == 2
+    assert len(metrics["member_test_pair_accuracy"]) == 2
+    ece = metrics["calibration"]["ece"]
+    assert set(ece) == {"sigmoid", "minmax", "calibrated"}
+    assert ece["calibrated"] < ece["sigmoid"]  # σ(raw) is no click probability; the fitted map is closer
+    dirs = member_dirs(tmp_path / "ens")
+    assert [d.name for d in dirs] == ["member-0", "member-1"]
+    seeds = [json.loads((d / "cmaq_rm.json").read_text())["seed"] for d in dirs]
+    assert seeds == [cfg.seed, cfg.seed + 1]
+
+    items = [dict(ITEM, content_id=f"c{i}") for i in range(4)]
+    queries = ["opening hours", "Lao Wang Noodles", "noodle soup", "weather tomorrow"]
+    scores = RewardScorer(None, str(tmp_path / "ens")).score(items, queries)
+    members = [RewardScorer(None, str(d)).score(items, queries).r_ctr_raw for d in dirs]
+    np.testing.assert_allclose(scores.r_ctr_raw, np.mean(members, axis=0), atol=1e-5)
+    np.testing.assert_allclose(scores.r_ctr_raw_std, np.std(members, axis=0), atol=1e-5)
+    assert scores.r_ctr_raw_std.max() > 0
+    from training.reward_models.scorer import read_calibration
+
+    np.testing.assert_allclose(scores.r_ctr, read_calibration(tmp_path / "ens").apply(scores.r_ctr_raw), atol=1e-9)

@@ -11,6 +11,7 @@ from cmaq.config import load_config
 from cmaq.text import normalize
 from jobs.data.builders import run
 from jobs.data.stats import two_proportion_ztest
+from world_truth import answer_key
 
 
 def test_ztest_equals_statsmodels_on_1000_random_pairs():
@@ -64,7 +65,7 @@ def test_no_training_content_matches_a_test_content(built):
 def test_ctr_pairs_order_like_the_truth(built, small_world):
     out, summaries, cfg = built
     pairs = pq.read_table(out / "ctr_pairs").to_pandas()
-    truth = pq.read_table(small_world / "truth/grammar").to_pandas()[["content_id", "query", "true_ctr"]]
+    truth = answer_key(small_world)[["content_id", "query", "true_ctr"]]
     m = (pairs.merge(truth.rename(columns={"query": "y_plus", "true_ctr": "t_plus"}), on=["content_id", "y_plus"])
          .merge(truth.rename(columns={"query": "y_minus", "true_ctr": "t_minus"}), on=["content_id", "y_minus"]))
     assert len(m) == len(pairs) > 200
@@ -73,7 +74,7 @@ def test_ctr_pairs_order_like_the_truth(built, small_world):
     assert (pairs.impressions_plus > cfg.data.pair_min_impressions).all()
     assert (pairs.clicks_plus / pairs.impressions_plus > pairs.clicks_minus / pairs.impressions_minus).all()
     assert pairs.groupby("content_id").size().max() <= cfg.data.max_pairs_per_content
-    assert set(pairs.split) == {"train", "test"}
+    assert set(pairs.split) == {"train", "validation", "test"}
     assert pairs.groupby("content_id").split.nunique().max() == 1  # split by content
 
 
@@ -82,7 +83,7 @@ def test_expansion_labels_split_by_content(built):
     exp = pq.read_table(out / "expansion").to_pandas()
     assert set(exp.label) == {0, 1} and exp.groupby("content_id").split.nunique().max() == 1
     bal = summaries["expansion"]["label_balance"]
-    assert set(bal) == {"train", "test"} and 0.2 < bal["train"]["positive_rate"] < 0.7
+    assert set(bal) == {"train", "validation", "test"} and 0.2 < bal["train"]["positive_rate"] < 0.7
 
 
 def test_same_seed_same_output(built, spark, small_world, tmp_path):

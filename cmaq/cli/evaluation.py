@@ -1,6 +1,7 @@
 """`cmaq eval` (evaluate given policies) and `cmaq reproduce` (the whole chain, then the report)."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -9,9 +10,10 @@ import pandas as pd
 from cmaq.cli.reproduce import PROFILES, Reproduction
 from cmaq.cli.settings import OPTION_VALUES, BadInput, Settings, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
-from cmaq.engines import base_model_dir
+from cmaq.engines import base_model_dir, make_engine
 from training.evaluate.offline import Evaluator, Policy, load_test_items
 from training.evaluate.report import write_evaluation
+from training.evaluate.rm_checks import check_reward_models
 
 
 def parse_policy(spec: str) -> Policy:
@@ -30,18 +32,26 @@ def parse_policy(spec: str) -> Policy:
     return Policy(parts[0], adapter or None, alpha, iteration)
 
 
+def _held_out_and_reward_models(command):
+    """The options every evaluation command shares: the world, its held-out contents, both RMs."""
+    for option in reversed((
+            click.option("--world", required=True, type=click.Path(exists=True, file_okay=False),
+                         help="World directory (content and the oracle's ground truth)."),
+            click.option("--test-contents", required=True, type=click.Path(exists=True),
+                         help="Held-out content ids (test_contents from `cmaq data sft`)."),
+            click.option("--rm-exp", required=True, type=click.Path(exists=True, file_okay=False)),
+            click.option("--rm-ctr", required=True, type=click.Path(exists=True, file_okay=False)))):
+        command = option(command)
+    return command
+
+
 @click.group("eval")
 def eval_group() -> None:
     """Evaluate policies: RM and oracle scores, Pareto fronts, the simulated A/B, the report."""
 
 
 @eval_group.command("policies")
-@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False),
-              help="World directory (content and the oracle's ground truth).")
-@click.option("--test-contents", required=True, type=click.Path(exists=True),
-              help="Held-out content ids (test_contents from `cmaq data sft`).")
-@click.option("--rm-exp", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--rm-ctr", required=True, type=click.Path(exists=True, file_okay=False))
+@_held_out_and_reward_models
 @click.option("--policy", "policies", multiple=True, required=True, metavar="METHOD[@ALPHA[@IT]]=ADAPTER",
               help="A policy to evaluate; repeatable. Include qsa (the A/B control). Empty ADAPTER: base model.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Evaluate the first N test contents only.")
@@ -65,13 +75,36 @@ def policies(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ct
                                cfg.reproduce.bootstrap, cfg.world.seed))
 
 
+@eval_group.command("rms")
+@_held_out_and_reward_models
+@click.option("--policy", "adapter", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Adapter whose samples test note-blindness (QSA, or the final CMAQ policy).")
+@click.option("--no-samples", is_flag=True, help="Swapped-note accuracy only (no generation).")
+@click.option("--k", default=8, show_default=True, type=click.IntRange(2, 64), help="Samples per held-out note.")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Use the first N test contents only.")
+@pass_config
+def rms(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ctr: str, adapter: str | None,
+        no_samples: bool, k: int, limit: int | None) -> None:
+    """Do the reward models read the note? Swapped-note accuracy and note-blindness on a policy's samples
+    for held-out notes; recorded in each RM's metrics.json and printed."""
+    try:
+        items = load_test_items(world, test_contents, limit)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    engine = None if no_samples else make_engine(
+        replace(cfg.engine, backend="hf", model_dir=base_model_dir(cfg.model, cfg.sft.model_dir)))
+    echo_json(check_reward_models(world, items, rm_exp, rm_ctr, engine, adapter, k=k,
+                                  temperature=cfg.align.temperature, seed=cfg.align.seed))
+
+
 @click.command("reproduce")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="cpu", show_default=True,
               help="Sizes: cpu (make reproduce, 2 cores), gpu (one H100), smoke (tests).")
 @config_option("reproduce.out", "--out")
 @config_option("reproduce.report", "--report")
 @click.option("--stop-after", default="eval", show_default=True,
-              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "cmaq", "baselines", "ablations", "eval"]),
+              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "rm-checks", "cmaq", "baselines",
+                                 "ablations", "eval"]),
               help="Last step to run (e.g. data: prepare a world and its training data for another machine).")
 @click.pass_context
 def reproduce(ctx: click.Context, profile: str, stop_after: str) -> None:

@@ -22,7 +22,8 @@ from training.reward_models.scorer import RewardScorer
 @click.option("--rm-exp", "exp_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--rm-ctr", "ctr_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, help="Output Parquet: the pool's rows plus r_exp, r_ctr_raw, r_ctr.")
-@click.option("--normalisation", type=click.Choice(["sigmoid", "minmax"]), default="sigmoid", show_default=True)
+@click.option("--normalisation", type=click.Choice(["sigmoid", "minmax", "calibrated"]), default=None,
+              help="How r_ctr is mapped into [0, 1] (default: the one the CTR RM was trained for).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1, 4096))
 def score(pool_root: str, content: str, exp_dir: str, ctr_dir: str, out: str, normalisation: str,
           batch_size: int) -> None:

@@ -23,6 +23,9 @@ class DataConfig:
         "auxiliary signal.", default=0.01)
     test_fraction: float = field_help("Share of contents held out for evaluation (by normalised content text).",
                                       default=0.2)
+    validation_fraction: float = field_help(
+        "Share of contents held out for model selection (early stopping, calibration, ensemble choices); "
+        "never used for a reported metric.", default=0.1)
     pair_min_impressions: int = field_help("CTR pairs: each query needs more than this many impressions.",
                                            default=100)
     pair_alpha: float = field_help("CTR pairs: keep pairs whose two-proportion z-test p-value is below this.",
@@ -35,6 +38,8 @@ class DataConfig:
         require(0.0 <= self.ctr_percentile_cutoff < 1.0, "ctr_percentile_cutoff", "must be in [0, 1)")
         require(self.per_category_cap >= 1, "per_category_cap", "must be >= 1")
         require(0.0 < self.test_fraction < 1.0, "test_fraction", "must be in (0, 1)")
+        require(0.0 <= self.validation_fraction < 1.0 - self.test_fraction, "validation_fraction",
+                 f"must be in [0, 1 - test_fraction), got {self.validation_fraction}")
         require(self.pair_min_impressions >= 0, "pair_min_impressions", "must be >= 0")
         require(0.0 < self.pair_alpha < 1.0, "pair_alpha", "must be in (0, 1)")
         require(self.max_pairs_per_content >= 1, "max_pairs_per_content", "must be >= 1")

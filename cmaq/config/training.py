@@ -24,7 +24,17 @@ class RewardModelConfig:
     lora_dropout: float = field_help("LoRA dropout.", default=0.0)
     lr: float = field_help("Peak learning rate (AdamW, linear warm-up then cosine decay).", default=5e-4)
     warmup_steps: int = field_help("Warm-up steps (capped at a tenth of the run).", default=30)
-    epochs: float = field_help("Passes over the training examples (fractions allowed).", default=3.0)
+    epochs: float = field_help("Passes over the training examples (fractions allowed); with patience, the most.",
+                               default=3.0)
+    patience: int = field_help(
+        "Early stopping: stop after this many validations in a row without a lower validation loss (0: train "
+        "every epoch). Either way the weights of the lowest validation loss are kept; needs a validation split.",
+        default=0)
+    validate_every: int = field_help("Steps between validation losses (0: once per epoch).", default=0)
+    members: int = field_help(
+        "Ensemble members: member i trains from seed + i on a bootstrap resample of the training rows "
+        "(tokenised once for all); the scorer returns each objective's mean and standard deviation. K members "
+        "cost K times the training and scoring.", default=1)
     batch_size: int = field_help("Examples per step (pairs for the CTR RM).", default=16)
     eval_batch_size: int = field_help("Examples per forward pass when scoring.", default=64)
     max_len: int = field_help("Most tokens per input; the note body is cut to fit, the query never. Inputs that "
@@ -33,8 +43,10 @@ class RewardModelConfig:
     checkpoint_every: int = field_help("Steps between checkpoints (a killed run resumes from the last one).",
                                        default=100)
     seed: int = field_help("Seed for initialisation and data order.", default=0)
-    normalisation: str = field_help("CTR RM only: 'sigmoid' or 'minmax' (per content) to map r_ctr into [0, 1].",
-                                    default="sigmoid")
+    normalisation: str = field_help(
+        "CTR RM only: how r_ctr is mapped into [0, 1] wherever it is scored: 'sigmoid', 'minmax' (per content) or "
+        "'calibrated' (raw score -> click probability, isotonic on the validation split's logged CTR).",
+        default="sigmoid")
 
     def __post_init__(self) -> None:
         require(self.finetune in ("auto", "lora", "full"), "finetune", "must be 'auto', 'lora' or 'full'")
@@ -45,7 +57,11 @@ class RewardModelConfig:
         require(self.batch_size >= 1 and self.eval_batch_size >= 1, "batch_size", "must be >= 1")
         require(self.max_len >= 64, "max_len", "must be >= 64")
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
-        require(self.normalisation in ("sigmoid", "minmax"), "normalisation", "must be 'sigmoid' or 'minmax'")
+        require(self.normalisation in ("sigmoid", "minmax", "calibrated"), "normalisation",
+                "must be 'sigmoid', 'minmax' or 'calibrated'")
+        require(self.patience >= 0, "patience", "must be >= 0")
+        require(self.validate_every >= 0, "validate_every", "must be >= 0")
+        require(1 <= self.members <= 16, "members", f"must be in [1, 16], got {self.members}")
 
 
 @dataclass

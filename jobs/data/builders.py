@@ -165,7 +165,7 @@ def run(kind: str, cfg: CmaqConfig, world: str | None, out: str, spark: SparkSes
     """Extract from a world directory (or explicit paths / tables), build, write, summarise."""
     t0 = time.perf_counter()
     content_df = c.read_table(spark, content or f"{world}/content")
-    split = c.assign_split(content_df, cfg.data.test_fraction).cache()
+    split = c.assign_split(content_df, cfg.data.test_fraction, cfg.data.validation_fraction).cache()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "sft":

@@ -88,13 +88,19 @@ def _content_keys(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]
                                          names=["content_id", "content_key"])
 
 
-def assign_split(content: DataFrame, test_fraction: float) -> DataFrame:
-    """content_id -> split ('train' | 'test') by a hash of the normalised title + body, so two
-    contents with the same text always fall on the same side (no test content leaks into training)."""
+SPLITS = ("train", "validation", "test")
+
+
+def assign_split(content: DataFrame, test_fraction: float, validation_fraction: float = 0.0) -> DataFrame:
+    """content_id -> split ('train' | 'validation' | 'test') by a hash of the normalised title + body,
+    so two contents with the same text always fall on the same side (no held-out content leaks into
+    training). Test takes the lowest buckets, validation the next ones, so changing the validation
+    share never moves a content in or out of the test split."""
     keys = content.select("content_id", "title", "body").mapInArrow(_content_keys, "content_id string, content_key string")
     bucket = F.pmod(F.xxhash64(F.lit(SPLIT_SALT), F.col("content_key")), F.lit(1_000_000)) / 1_000_000.0
-    return keys.select("content_id", "content_key",
-                       F.when(bucket < test_fraction, "test").otherwise("train").alias("split"))
+    split = (F.when(bucket < test_fraction, "test")
+             .when(bucket < test_fraction + validation_fraction, "validation").otherwise("train"))
+    return keys.select("content_id", "content_key", split.alias("split"))
 
 
 # --------------------------------------------------------------------------- logs

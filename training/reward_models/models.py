@@ -173,9 +173,41 @@ def _load(rm_dir: str | Path, kind: str, device: str, dtype):
     return model, tokenizer_of(str(rm_dir)), int(meta["max_len"])
 
 
-def load_expansion_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> ExpansionRM:
-    return ExpansionRM(*_load(rm_dir, "expansion", device, dtype))
+class Ensemble:
+    """K reward models of one kind (members trained from different seeds on bootstrap resamples);
+    a single model is an ensemble of one. ``score`` is the members' mean; ``score_spread`` also
+    returns their standard deviation (0 for one member)."""
+
+    def __init__(self, members: Sequence, meta: dict | None = None):
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members, self.meta = list(members), meta or {}
+        self.kind = self.members[0].kind
+
+    def score_spread(self, items, queries, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.stack([m.score(items, queries, batch_size) for m in self.members])
+        return scores.mean(axis=0), scores.std(axis=0)
+
+    def score(self, items, queries, batch_size: int = 32) -> np.ndarray:
+        return self.score_spread(items, queries, batch_size)[0]
 
 
-def load_ctr_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> CtrRM:
-    return CtrRM(*_load(rm_dir, "ctr", device, dtype))
+def member_dirs(rm_dir: str | Path) -> list[Path]:
+    """The directories of an RM's members: its own when it is one model, else ``member-i/``."""
+    meta = read_meta(rm_dir)
+    return [Path(rm_dir) / m for m in meta["members"]] if "members" in meta else [Path(rm_dir)]
+
+
+def _load_ensemble(rm_dir: str | Path, kind: str, cls, device: str, dtype) -> Ensemble:
+    meta = read_meta(rm_dir)
+    if meta["kind"] != kind:
+        raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")
+    return Ensemble([cls(*_load(d, kind, device, dtype)) for d in member_dirs(rm_dir)], meta)
+
+
+def load_expansion_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> Ensemble:
+    return _load_ensemble(rm_dir, "expansion", ExpansionRM, device, dtype)
+
+
+def load_ctr_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> Ensemble:
+    return _load_ensemble(rm_dir, "ctr", CtrRM, device, dtype)

@@ -3,14 +3,24 @@
     cmaq train rm-exp --data DATA/expansion [--world WORLD] [--set rm_exp.out=runs/rm-exp]
     cmaq train rm-ctr --data DATA/ctr_pairs [--world WORLD]
 
+The data's three splits are by content: ``train`` rows train, ``validation`` rows choose (early
+stopping, the CTR calibration), ``test`` rows are where every reported metric comes from.
+
 Each run writes ``<out>/``: the adapter (with the CTR head), the tokenizer, ``cmaq_rm.json`` (kind,
-base model, max_len) and ``metrics.json`` (held-out accuracy, the loss curve and — with ``--world`` —
-agreement with the world's oracle). A killed run resumes from ``<out>/checkpoint``.
+base model, max_len) and ``metrics.json`` (held-out accuracy, the loss and validation curves and —
+with ``--world`` — agreement with the world's answer key). With ``members = K > 1`` the members go to
+``<out>/member-i/`` (each trained from seed + i on a bootstrap resample of the training rows; the
+rows are tokenised once for all of them) and ``<out>/cmaq_rm.json`` lists them. The CTR RM also
+writes ``calibration.json``: raw score -> click probability, fitted on the validation split's logged
+CTR. A killed run resumes from ``<out>/checkpoint`` (``<out>/member-i/checkpoint``).
 """
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,8 +31,11 @@ from peft import get_peft_model
 from cmaq.config import ModelConfig, RewardModelConfig
 from cmaq.engines import base_model_dir
 from cmaq.losses import answer_nll, bpr_loss
+from cmaq.rewards import expected_calibration_error, fit_isotonic, normalise_ctr
 from training.loop import subset, train
-from training.reward_models.models import CtrRM, ExpansionRM, base_model, lora_config, save_rm, tokenizer_of
+from training.reward_models.models import (META, CtrRM, Ensemble, ExpansionRM, base_model, lora_config, save_rm,
+                                           tokenizer_of)
+from training.reward_models.scorer import CALIBRATION
 
 log = logging.getLogger(__name__)
 PROMPT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info")
@@ -38,17 +51,39 @@ def _read(path: str, required: tuple[str, ...]) -> list[dict]:
     return table.to_pylist()
 
 
-def _split(rows: list[dict], what: str) -> tuple[list[dict], list[dict]]:
-    train_rows = [r for r in rows if r["split"] == "train"]
-    test_rows = [r for r in rows if r["split"] == "test"]
-    if not train_rows or not test_rows:
-        raise ValueError(f"{what}: need both train and test rows, got {len(train_rows)} and {len(test_rows)}")
-    return train_rows, test_rows
+@dataclass
+class _Splits:
+    train: list[dict]
+    validation: list[dict]
+    test: list[dict]
 
 
-def _encode_rows(rm, rows: list[dict], *query_fields: str) -> tuple[list[dict], list[list[list[int]]], int]:
+def _split(rows: list[dict], what: str, cfg: RewardModelConfig, needs_validation: bool) -> _Splits:
+    parts = _Splits(*([r for r in rows if r["split"] == name] for name in ("train", "validation", "test")))
+    if not parts.train or not parts.test:
+        raise ValueError(f"{what}: need both train and test rows, got {len(parts.train)} and {len(parts.test)}")
+    if needs_validation and not parts.validation:
+        raise ValueError(f"{what}: no validation rows, which early stopping (patience > 0) and the calibrated "
+                         f"CTR normalisation need; rebuild the data with data.validation_fraction > 0")
+    parts.train = subset(parts.train, cfg.max_train_examples)
+    return parts
+
+
+@dataclass
+class _Encoded:
+    """Rows whose inputs fit the RM's max_len, with their token ids per query field."""
+
+    rows: list[dict]
+    ids: list[list[list[int]]]
+    skipped: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _encode_rows(rm, rows: list[dict], *query_fields: str) -> _Encoded:
     """Token ids of each row's input per query field, keeping only rows whose inputs fit rm.max_len
-    (title, shop info and query alone can be too long). Returns (rows kept, ids per field, skipped)."""
+    (title, shop info and query alone can be too long)."""
     kept, encoded = [], [[] for _ in query_fields]
     for r in rows:
         try:
@@ -58,17 +93,7 @@ def _encode_rows(rm, rows: list[dict], *query_fields: str) -> tuple[list[dict], 
         kept.append(r)
         for acc, x in zip(encoded, ids):
             acc.append(x)
-    return kept, encoded, len(rows) - len(kept)
-
-
-def _prepare(kind: str, cfg: RewardModelConfig, model_cfg: ModelConfig | None):
-    model_dir = base_model_dir(model_cfg, cfg.model_dir)
-    torch.manual_seed(cfg.seed)
-    tokenizer = tokenizer_of(model_dir)
-    model = base_model(kind, model_dir)
-    if finetune_mode(cfg, model_cfg) == "lora":
-        model = get_peft_model(model, lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
-    return model_dir, tokenizer, model
+    return _Encoded(kept, encoded, len(rows) - len(kept))
 
 
 def finetune_mode(cfg: RewardModelConfig, model_cfg: ModelConfig | None = None) -> str:
@@ -82,74 +107,216 @@ def _out(cfg: RewardModelConfig, kind: str) -> Path:
     return Path(cfg.out or f"runs/rm-{kind}")
 
 
+def member_samples(n: int, cfg: RewardModelConfig) -> list[tuple[int, np.ndarray]]:
+    """(seed, training-row indices) per ensemble member: one member trains on every row in order;
+    with more, member i draws a bootstrap resample of the rows from seed + i."""
+    if cfg.members == 1:
+        return [(cfg.seed, np.arange(n))]
+    return [(cfg.seed + i, np.random.default_rng(cfg.seed + i).integers(0, n, n)) for i in range(cfg.members)]
+
+
+def _batches(n: int, size: int):
+    return (list(range(i, min(n, i + size))) for i in range(0, n, size))
+
+
+# One member's training: the RM wrapper -> (loss of a batch of its sample, validation loss).
+LossesOf = Callable[[object, np.ndarray], tuple[Callable[[list[int]], torch.Tensor], Callable[[], float]]]
+
+
+def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: ModelConfig | None, n_train: int,
+                   losses_of: LossesOf, has_validation: bool, data: str) -> tuple[Ensemble, list[dict], str, object]:
+    """Train ``cfg.members`` models on the (already tokenised) training rows; returns the ensemble,
+    each member's training metrics, the base model's directory and the tokenizer."""
+    model_dir = base_model_dir(model_cfg, cfg.model_dir)
+    tokenizer = tokenizer_of(model_dir)
+    out_dir = _out(cfg, kind[:3])
+    mode = finetune_mode(cfg, model_cfg)
+    members, metrics = [], []
+    for i, (seed, sample) in enumerate(member_samples(n_train, cfg)):
+        torch.manual_seed(seed)
+        model = base_model(kind, model_dir)
+        if mode == "lora":
+            model = get_peft_model(model, lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
+        rm = rm_class(model, tokenizer, cfg.max_len)
+        step_loss, validate = losses_of(rm, sample)
+        member_dir = out_dir if cfg.members == 1 else out_dir / f"member-{i}"
+        name = f"rm-{kind[:3]}" + (f" {i + 1}/{cfg.members}" if cfg.members > 1 else "")
+        m = train(model, len(sample), step_loss, replace(cfg, seed=seed), member_dir, lambda: {}, name,
+                  validate if has_validation else None)
+        meta = {"kind": kind, "base_model": str(Path(model_dir).resolve()), "max_len": cfg.max_len, "data": str(data),
+                "finetune": mode, "seed": seed}
+        if cfg.members == 1:  # an ensemble's normalisation (and calibration) belong to the ensemble
+            meta["normalisation"] = cfg.normalisation
+        if kind == "expansion":
+            meta["answer_ids"] = [rm.id0, rm.id1]
+        save_rm(model, tokenizer, member_dir, meta)
+        members.append(rm)
+        metrics.append(m)
+    return Ensemble(members), metrics, model_dir, tokenizer
+
+
+def _finish(cfg: RewardModelConfig, kind: str, model_dir: str, data: str, member_metrics: list[dict],
+            results: dict) -> dict:
+    """metrics.json (and, for an ensemble, the top-level cmaq_rm.json) of a finished RM."""
+    out_dir = _out(cfg, kind[:3])
+    if cfg.members == 1:
+        metrics = {**member_metrics[0], **results}
+    else:
+        metrics = {"members": [{k: v for k, v in m.items() if k != "loss_curve"} for m in member_metrics],
+                   "train_seconds": round(sum(m["train_seconds"] for m in member_metrics), 1), **results}
+        (out_dir / META).write_text(json.dumps({
+            "kind": kind, "members": [f"member-{i}" for i in range(cfg.members)], "max_len": cfg.max_len,
+            "base_model": str(Path(model_dir).resolve()), "data": str(data), "normalisation": cfg.normalisation,
+        }, indent=2))
+    metrics["members_count"] = cfg.members
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return metrics
+
+
+# --------------------------------------------------------------------------- expansion
+
+
 def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None,
                     model_cfg: ModelConfig | None = None) -> dict:
-    train_rows, test_rows = _split(_read(data, (*PROMPT_FIELDS, "query", "label", "split")), data)
-    train_rows = subset(train_rows, cfg.max_train_examples)
-    model_dir, tokenizer, model = _prepare("expansion", cfg, model_cfg)
-    rm = ExpansionRM(model, tokenizer, cfg.max_len)
-    train_rows, (seqs,), skipped = _encode_rows(rm, train_rows, "query")
-    test_rows, _, skipped_test = _encode_rows(rm, test_rows, "query")
-    targets = torch.tensor([rm.id1 if r["label"] else rm.id0 for r in train_rows])
+    splits = _split(_read(data, (*PROMPT_FIELDS, "query", "label", "split")), data, cfg, cfg.patience > 0)
+    encoder = ExpansionRM(None, tokenizer_of(base_model_dir(model_cfg, cfg.model_dir)), cfg.max_len)
+    train_set = _encode_rows(encoder, splits.train, "query")
+    val_set = _encode_rows(encoder, splits.validation, "query")
+    test_rows = _encode_rows(encoder, splits.test, "query").rows
+    answer = lambda rows: torch.tensor([encoder.id1 if r["label"] else encoder.id0 for r in rows])  # noqa: E731
+    targets, val_targets = answer(train_set.rows), answer(val_set.rows)
+    (seqs,), (val_seqs,) = train_set.ids, val_set.ids
+    val_groups = [r["content_id"] for r in val_set.rows]
 
-    def step_loss(idx: list[int]):
-        logits = rm.answer_logits([seqs[i] for i in idx])
-        return answer_nll(logits, targets[idx].to(logits.device))
+    def losses_of(rm, sample: np.ndarray):
+        def step_loss(idx: list[int]):
+            rows = sample[idx]
+            logits = rm.answer_logits([seqs[i] for i in rows])
+            return answer_nll(logits, targets[torch.as_tensor(rows)].to(logits.device))
 
-    def evaluate() -> dict:
-        p = rm.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size)
-        labels = np.array([r["label"] for r in test_rows])
-        out = {"test_examples": len(test_rows), "test_accuracy": round(float(((p > 0.5) == labels).mean()), 4),
-               "test_positive_rate": round(float(labels.mean()), 4), "skipped_too_long": [skipped, skipped_test]}
-        if world:
-            out["oracle"] = oracle_agreement(rm, world, {r["content_id"] for r in test_rows}, "true_exp",
+        def validate() -> float:
+            total = 0.0
+            with torch.inference_mode():
+                for idx in _batches(len(val_seqs), cfg.eval_batch_size):
+                    logits = rm.answer_logits([val_seqs[i] for i in idx], [val_groups[i] for i in idx])
+                    total += float(answer_nll(logits, val_targets[idx].to(logits.device))) * len(idx)
+            return total / max(1, len(val_seqs))
+
+        return step_loss, validate
+
+    ensemble, member_metrics, model_dir, _ = _train_members("expansion", ExpansionRM, cfg, model_cfg, len(train_set),
+                                                            losses_of, bool(len(val_set)), data)
+    p = ensemble.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size)
+    labels = np.array([r["label"] for r in test_rows])
+    results = {"test_examples": len(test_rows), "validation_examples": len(val_set),
+               "test_accuracy": round(float(((p > 0.5) == labels).mean()), 4),
+               "test_positive_rate": round(float(labels.mean()), 4), "test_auc": _auc(p, labels),
+               "skipped_too_long": [train_set.skipped, len(splits.test) - len(test_rows)]}
+    if cfg.members > 1:
+        results["member_test_accuracy"] = [
+            round(float(((m.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size) > 0.5)
+                         == labels).mean()), 4) for m in ensemble.members]
+    if world:
+        results["oracle"] = oracle_agreement(ensemble, world, {r["content_id"] for r in test_rows}, "true_exp",
                                              cfg.eval_batch_size)
-        return out
-
-    out_dir = _out(cfg, "exp")
-    metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-exp")
-    save_rm(model, tokenizer, out_dir, {"kind": "expansion", "base_model": str(Path(model_dir).resolve()),
-                                        "max_len": cfg.max_len, "data": str(data), "answer_ids": [rm.id0, rm.id1],
-                                        "finetune": finetune_mode(cfg, model_cfg)})
-    log.info("expansion RM: test accuracy %.3f -> %s", metrics["test_accuracy"], out_dir)
+    metrics = _finish(cfg, "expansion", model_dir, data, member_metrics, results)
+    log.info("expansion RM: test accuracy %.3f -> %s", metrics["test_accuracy"], _out(cfg, "exp"))
     return metrics
+
+
+# --------------------------------------------------------------------------- CTR
+
+
+def logged_points(pairs: list[dict]) -> pd.DataFrame:
+    """The pointwise logged CTR inside CTR pairs: one row per (content, query) with its impressions
+    and clicks (a query appears in several pairs of its content with the same counts)."""
+    sides = [{"content_id": r["content_id"], "query": r[f"y_{s}"], "impressions": r[f"impressions_{s}"],
+              "clicks": r[f"clicks_{s}"], "row": r} for r in pairs for s in ("plus", "minus")]
+    frame = pd.DataFrame(sides, columns=["content_id", "query", "impressions", "clicks", "row"])
+    return frame.drop_duplicates(["content_id", "query"]).reset_index(drop=True)
+
+
+def calibration_report(ensemble: Ensemble, validation: list[dict], test: list[dict], batch_size: int,
+                       out_dir: Path) -> dict:
+    """Fit raw score -> click probability on the validation split's logged CTR (isotonic, weighted by
+    impressions), save it, and report each normalisation's expected calibration error on the test split."""
+    val, tst = logged_points(validation), logged_points(test)
+    if val.empty or tst.empty:
+        return {"validation_points": len(val), "test_points": len(tst), "ece": None}
+    raw_val = ensemble.score(list(val["row"]), list(val["query"]), batch_size)
+    calibration = fit_isotonic(raw_val, val["clicks"] / val["impressions"], val["impressions"])
+    (out_dir / CALIBRATION).write_text(json.dumps(calibration.to_dict()))
+    raw = ensemble.score(list(tst["row"]), list(tst["query"]), batch_size)
+    groups = list(tst["content_id"])
+    ece = {method: round(expected_calibration_error(normalise_ctr(raw, method, groups, calibration),
+                                                    tst["clicks"], tst["impressions"]), 5)
+           for method in ("sigmoid", "minmax", "calibrated")}
+    return {"validation_points": len(val), "test_points": len(tst), "knots": len(calibration.knots_x),
+            "ece": ece, "test_logged_ctr": round(float(tst["clicks"].sum() / tst["impressions"].sum()), 5)}
 
 
 def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None,
               model_cfg: ModelConfig | None = None) -> dict:
-    train_rows, test_rows = _split(_read(data, (*PROMPT_FIELDS, "y_plus", "y_minus", "split")), data)
-    train_rows = subset(train_rows, cfg.max_train_examples)
-    model_dir, tokenizer, model = _prepare("ctr", cfg, model_cfg)
-    rm = CtrRM(model, tokenizer, cfg.max_len)
-    train_rows, (plus, minus), skipped = _encode_rows(rm, train_rows, "y_plus", "y_minus")
-    test_rows, _, skipped_test = _encode_rows(rm, test_rows, "y_plus", "y_minus")
+    needs_validation = cfg.patience > 0 or cfg.normalisation == "calibrated"
+    splits = _split(_read(data, (*PROMPT_FIELDS, "y_plus", "y_minus", "split")), data, cfg, needs_validation)
+    encoder = CtrRM(None, tokenizer_of(base_model_dir(model_cfg, cfg.model_dir)), cfg.max_len)
+    train_set = _encode_rows(encoder, splits.train, "y_plus", "y_minus")
+    val_set = _encode_rows(encoder, splits.validation, "y_plus", "y_minus")
+    test_rows = _encode_rows(encoder, splits.test, "y_plus", "y_minus").rows
+    plus, minus = train_set.ids
+    val_plus, val_minus = val_set.ids
 
-    def step_loss(idx: list[int]):
-        # One forward for both sides; a pair's two texts share the content before the query.
-        r = rm.rewards([plus[i] for i in idx] + [minus[i] for i in idx], groups=list(idx) * 2)
-        return bpr_loss(r[:len(idx)], r[len(idx):])
+    def losses_of(rm, sample: np.ndarray):
+        def step_loss(idx: list[int]):
+            rows = sample[idx]
+            # One forward for both sides; a pair's two texts share the content before the query.
+            r = rm.rewards([plus[i] for i in rows] + [minus[i] for i in rows], groups=list(idx) * 2)
+            return bpr_loss(r[:len(idx)], r[len(idx):])
 
-    def evaluate() -> dict:
-        items = test_rows + test_rows
-        r = rm.score(items, [x["y_plus"] for x in test_rows] + [x["y_minus"] for x in test_rows], cfg.eval_batch_size)
-        n = len(test_rows)
-        out = {"test_pairs": n, "test_pair_accuracy": round(float((r[:n] > r[n:]).mean()), 4),
-               "skipped_too_long": [skipped, skipped_test]}
-        if world:
-            out["oracle"] = oracle_agreement(rm, world, {x["content_id"] for x in test_rows}, "true_ctr",
+        def validate() -> float:
+            total = 0.0
+            with torch.inference_mode():
+                for idx in _batches(len(val_plus), cfg.eval_batch_size):
+                    r = rm.rewards([val_plus[i] for i in idx] + [val_minus[i] for i in idx], groups=list(idx) * 2)
+                    total += float(bpr_loss(r[:len(idx)], r[len(idx):])) * len(idx)
+            return total / max(1, len(val_plus))
+
+        return step_loss, validate
+
+    ensemble, member_metrics, model_dir, _ = _train_members("ctr", CtrRM, cfg, model_cfg, len(train_set), losses_of,
+                                                            bool(len(val_set)), data)
+    n = len(test_rows)
+    queries = [x["y_plus"] for x in test_rows] + [x["y_minus"] for x in test_rows]
+    r = ensemble.score(test_rows + test_rows, queries, cfg.eval_batch_size)
+    results = {"test_pairs": n, "validation_pairs": len(val_set),
+               "test_pair_accuracy": round(float((r[:n] > r[n:]).mean()), 4),
+               "skipped_too_long": [train_set.skipped, len(splits.test) - n]}
+    if cfg.members > 1:
+        results["member_test_pair_accuracy"] = [
+            round(float(((s := m.score(test_rows + test_rows, queries, cfg.eval_batch_size))[:n] > s[n:]).mean()), 4)
+            for m in ensemble.members]
+    if len(val_set):
+        results["calibration"] = calibration_report(ensemble, val_set.rows, test_rows, cfg.eval_batch_size,
+                                                    _out(cfg, "ctr"))
+    if world:
+        results["oracle"] = oracle_agreement(ensemble, world, {x["content_id"] for x in test_rows}, "true_ctr",
                                              cfg.eval_batch_size)
-        return out
-
-    out_dir = _out(cfg, "ctr")
-    metrics = train(model, len(train_rows), step_loss, cfg, out_dir, evaluate, "rm-ctr")
-    save_rm(model, tokenizer, out_dir, {"kind": "ctr", "base_model": str(Path(model_dir).resolve()),
-                                        "max_len": cfg.max_len, "data": str(data),
-                                        "normalisation": cfg.normalisation, "finetune": finetune_mode(cfg, model_cfg)})
-    log.info("CTR RM: test pair accuracy %.3f -> %s", metrics["test_pair_accuracy"], out_dir)
+    metrics = _finish(cfg, "ctr", model_dir, data, member_metrics, results)
+    log.info("CTR RM: test pair accuracy %.3f -> %s", metrics["test_pair_accuracy"], _out(cfg, "ctr"))
     return metrics
 
 
-# --------------------------------------------------------------------------- agreement with the oracle
+# --------------------------------------------------------------------------- agreement with the answer key
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC AUC (Mann–Whitney, ties counted half): the chance a positive outscores a negative."""
+    pos, neg = int(labels.sum()), int(len(labels) - labels.sum())
+    if not pos or not neg:
+        return None
+    ranks = pd.Series(scores).rank().to_numpy()
+    return round(float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg)), 4)
 
 
 def spearman(a, b) -> float:
