@@ -62,9 +62,12 @@ def fit_isotonic(scores, targets, weights) -> Calibration:
         raise ValueError(f"need as many scores, targets and weights, and at least one: {len(x)}, {len(y)}, {len(w)}")
     if (w < 0).any() or w.sum() <= 0:
         raise ValueError("weights must be non-negative with a positive sum")
-    order = np.argsort(x, kind="stable")
+    # Equal scores are one point (their weighted mean), so the fit does not depend on their order.
+    xs, inverse = np.unique(x, return_inverse=True)
+    ws = np.bincount(inverse, weights=w)
+    ys = np.bincount(inverse, weights=w * y) / np.where(ws > 0, ws, 1.0)
     means, mass, lo, hi = [], [], [], []
-    for xi, yi, wi in zip(x[order], y[order], w[order]):
+    for xi, yi, wi in zip(xs, ys, ws):
         means.append(yi)
         mass.append(wi)
         lo.append(xi)
@@ -87,13 +90,14 @@ def fit_isotonic(scores, targets, weights) -> Calibration:
 
 def expected_calibration_error(predicted, clicks, impressions, bins: int = 10) -> float:
     """Impression-weighted expected calibration error of predicted click probabilities against logged
-    clicks: rows sorted by prediction into ``bins`` bins of equal impressions; the weighted mean over
-    bins of |clicks / impressions − mean prediction|."""
+    clicks: rows sorted by prediction into ``bins`` bins of about equal impressions (rows with the same
+    prediction always share a bin); the weighted mean over bins of |clicks / impressions − mean
+    prediction|."""
     p, c, n = (np.asarray(a, dtype=np.float64) for a in (predicted, clicks, impressions))
     if not (len(p) == len(c) == len(n)) or not len(p) or n.sum() <= 0:
         raise ValueError("need as many predictions, clicks and impressions, with some impressions")
-    order = np.argsort(p, kind="stable")
-    p, c, n = p[order], c[order], n[order]
+    p, inverse = np.unique(p, return_inverse=True)   # sorted; one row per distinct prediction
+    c, n = np.bincount(inverse, weights=c), np.bincount(inverse, weights=n)
     edges = np.searchsorted(np.cumsum(n) / n.sum(), np.arange(1, bins) / bins, side="left")
     err = 0.0
     for part in np.split(np.arange(len(p)), np.unique(edges)):

@@ -1,6 +1,9 @@
 """Evaluation maths (fronts, hypervolume, bootstrap), the claim verdicts, and the reproduction chain."""
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -121,9 +124,10 @@ def smoke_runs(tmp_path_factory, small_world, rm_data, trained_rms, spark):
         root = tmp_path_factory.mktemp(f"reproduce-{name}")
         work = root / "work"
         work.mkdir()
-        for link, target in (("world", small_world), ("data", rm_data), ("rm-exp", rms / "exp"),
-                             ("rm-ctr", rms / "ctr")):
+        for link, target in (("world", small_world), ("data", rm_data)):
             (work / link).symlink_to(target, target_is_directory=True)
+        for name, source in (("rm-exp", rms / "exp"), ("rm-ctr", rms / "ctr")):
+            shutil.copytree(source, work / name)  # the RM checks write into the RMs' metrics.json
         cfg = profile_config("smoke", None, (f'reproduce.out="{work}"', f'reproduce.report="{root / "reports"}"'))
         messages: list[str] = []
         result = Reproduction(cfg, spark=spark, progress=messages.append).run()
@@ -141,6 +145,13 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     for claim in "abcdef":
         assert f"| ({claim}) |" in report
     assert "oracle code hash" in report and "world seed" in report
+    assert "## Reward models (held-out notes)" in report and "| swapped-note accuracy |" in report
+    assert "own_kind_share" in report and "distinct_top1" in report
+    checks = json.loads((root / "work" / "rm-checks.json").read_text())
+    assert checks["swapped_note"]["ctr"]["pairs"] > 0 and checks["note_blindness"]["samples"] > 0
+    for name in ("rm-exp", "rm-ctr"):
+        metrics = json.loads((root / "work" / name / "metrics.json").read_text())
+        assert {"swapped_note", "note_blindness"} <= set(metrics)
     assert set(result["claims"]) == set("abcdef")
     rows = pd.read_parquet(tables / "rows.parquet")
     per_policy = rows.groupby("policy")["content_id"].agg(["count", "nunique"])

@@ -2,6 +2,7 @@
 training from the world's data with checkpoints and resume, and the batch scorer."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,6 +218,10 @@ def test_isotonic_fit_by_hand():
     assert fit_isotonic([1, 2, 3], [3, 2, 1], [1, 1, 1]).apply([1, 3]).tolist() == pytest.approx([2, 2])
     with pytest.raises(ValueError):
         fit_isotonic([1, 2], [1], [1, 1])
+    # equal scores are pooled first, whatever their order
+    for order in ([0, 1, 2, 3], [0, 2, 1, 3]):
+        x, y = np.array([0, 1, 1, 2])[order], np.array([0.1, 0.2, 0.6, 0.3])[order]
+        assert fit_isotonic(x, y, np.ones(4)).apply([0, 1, 2]).tolist() == pytest.approx([0.1, 1.1 / 3, 1.1 / 3])
 
 
 def test_expected_calibration_error():
@@ -229,6 +234,9 @@ def test_expected_calibration_error():
     assert expected_calibration_error(p, clicks, n) < 0.005
     assert expected_calibration_error(np.clip(p + 0.1, 0, 1), clicks, n) == pytest.approx(0.1, abs=0.005)
     assert expected_calibration_error(np.full(len(p), 0.9), clicks, n) > 0.6
+    # a plateau of equal predictions stays in one bin: exactly calibrated in total, so no error
+    plateau = expected_calibration_error([0.2] * 4, [10, 30, 10, 30], [100] * 4)
+    assert plateau == pytest.approx(0.0)
 
 
 def test_calibrated_normalisation_needs_its_calibration():
@@ -291,3 +299,13 @@ def test_a_calibrated_ensemble_of_ctr_models(rm_data, tmp_path):
     from training.reward_models.scorer import read_calibration
 
     np.testing.assert_allclose(scores.r_ctr, read_calibration(tmp_path / "ens").apply(scores.r_ctr_raw), atol=1e-9)
+
+    # A rerun (an ensemble run killed after its members) keeps the members trained with these settings ...
+    (tmp_path / "ens" / "member-1" / "metrics.json").unlink()     # member 1 "did not finish"
+    again = train_ctr(cfg, str(rm_data / "ctr_pairs"))
+    assert again["members"][0]["train_seconds"] == metrics["members"][0]["train_seconds"]
+    assert again["test_pair_accuracy"] == pytest.approx(metrics["test_pair_accuracy"], abs=1e-4)
+    # ... and retrains them when a setting changed
+    changed = train_ctr(replace(cfg, lr=cfg.lr * 2), str(rm_data / "ctr_pairs"))
+    assert changed["members"][0]["loss_first"] == metrics["members"][0]["loss_first"]  # same start, new run
+    assert changed["members"][0]["loss_last20"] != metrics["members"][0]["loss_last20"]

@@ -72,7 +72,7 @@ def policies(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ct
                           engine_cfg=cfg.engine, filters_cfg=cfg.filters)
     rows = pd.concat([evaluator.rows(p) for p in parsed], ignore_index=True)
     echo_json(write_evaluation(rows, Path(report), {"world": world, "test contents": len(items)},
-                               cfg.reproduce.bootstrap, cfg.world.seed))
+                               cfg.reproduce.bootstrap, cfg.world.seed, world=world))
 
 
 @eval_group.command("rms")

@@ -283,7 +283,7 @@ class Reproduction:
         self._save_timings()
         return write_evaluation(pd.concat(frames, ignore_index=True), Path(self.cfg.reproduce.report),
                                 self.provenance(len(items)), self.cfg.reproduce.bootstrap, self.cfg.world.seed,
-                                reward_models=self.reward_model_metrics())
+                                reward_models=self.reward_model_metrics(), world=self.world)
 
     def reward_model_metrics(self) -> dict:
         """Each RM's metrics.json (held-out accuracy, calibration, the note checks), for the report."""

@@ -9,6 +9,7 @@ import pandas as pd
 
 from training.evaluate.claims import Verdict, judge
 from training.evaluate.stats import pareto_front
+from training.evaluate.style import style_summary
 from training.evaluate.tables import REFERENCE, SPACES, final_rows, hypervolumes, reward_hacking, summarise
 
 LABELS = {"rm": ("mean r_ctr (CTR RM)", "mean r_exp (expansion RM)"),
@@ -113,7 +114,8 @@ def reward_model_lines(reward_models: dict) -> list[str]:
     exp, ctr = reward_models.get("rm-exp", {}), reward_models.get("rm-ctr", {})
     lines = ["", "## Reward models (held-out notes)", "",
              "Swapped-note accuracy: the same query under two notes of one language and category, where the "
-             "oracle's judgements differ clearly (CTR: |Δ logit| ≥ 1; expansion: a related topic one note "
+             "oracle's judgements differ clearly (CTR: |Δ logit| ≥ 1.6, 1 beyond what the oracle's per-note "
+             "offsets can add; expansion: a related topic one note "
              "mentions and the other does not, |Δ true_exp| ≥ 0.3); the RM must order them as the oracle does. "
              "The note-blindness rows use k = 8 samples of QSA per held-out note.", "",
              "| metric | expansion RM | CTR RM |", "| --- | --- | --- |"]
@@ -153,6 +155,11 @@ def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: p
     lines.append(_md_table(summary, ["policy", "r_ctr", "r_exp", "combined", "combined_gain", "combined_gain_se",
                                      "true_ctr", "true_exp", "exposed_ctr", "exposure_rate", "delta_ctr",
                                      "delta_ctr_lo", "delta_ctr_hi"]))
+    if "own_kind_share" in summary:
+        lines += ["", "Query style: `own_kind_share` is the share of top beams that are the note's own kind of "
+                  "query (one of its grammar queries other than the shop-name, title and near copies, or within "
+                  "normalised edit similarity 0.8 of one); `distinct_top1` counts distinct top beams.", ""]
+        lines.append(_md_table(summary, ["policy", "contents", "own_kind_share", "distinct_top1"]))
     lines += ["", f"## Hypervolume (reference point {REFERENCE}, both spaces)", ""]
     lines.append(_md_table(hv, ["method", "points", "hv_rm", "front_rm", "hv_oracle", "front_oracle"], 5))
     lines += ["", "## Reward-hacking check", ""]
@@ -170,10 +177,14 @@ def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: p
 
 
 def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int,
-                     reward_models: dict | None = None) -> dict:
+                     reward_models: dict | None = None, world: str | Path | None = None) -> dict:
     """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy
-    (``reward_models``: each RM's metrics, for the reward-model section)."""
+    (``reward_models``: each RM's metrics, for the reward-model section; ``world``: its answer key, for
+    the share of top beams that are the note's own kind of query)."""
     summary = summarise(rows, rounds, seed)
+    if world is not None:
+        summary = summary.merge(style_summary(rows, world)[["policy", "own_kind_share", "distinct_top1"]],
+                                on="policy", how="left")
     hv = hypervolumes(summary)
     hacking = reward_hacking(summary)
     verdicts = judge(summary, hv)

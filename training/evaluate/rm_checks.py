@@ -5,8 +5,10 @@ only where the oracle's judgements of the two differ by a clear margin; the RM m
 as the oracle does.
 
 - CTR: a held-out note's grammar query shown under another held-out note of its category; kept when
-  the two true CTRs differ by at least a factor ``CTR_LOGIT_MARGIN`` in odds (|Δ logit| ≥ 1, odds
-  ratio ≥ e ≈ 2.7). The CTR RM's raw scores are compared.
+  the two true CTRs differ by ``CTR_LOGIT_MARGIN`` in logit: 1 (an odds ratio of e ≈ 2.7) beyond the
+  most the oracle's per-note offsets (±``ctr_item_spread`` each, from a hash of the content id, which
+  no model can see) can add, so the order comes from how the query relates to each note. The CTR
+  RM's raw scores are compared (its offset per note is learnt from the note's text, not fixed).
 - Expansion: a query naming a related topic of the category that one note mentions and the other
   does not; kept when the true expansions differ by at least ``EXP_MARGIN`` (0.3).
 
@@ -30,12 +32,12 @@ import pyarrow.parquet as pq
 
 from cmaq.text import normalize
 from cmaq.world import lexicon as lx
-from cmaq.world.oracle import Oracle
+from cmaq.world.oracle import Oracle, OracleWeights
 from training.evaluate.offline import oracle_scores
 from training.reward_models.scorer import RewardScorer
 from training.reward_models.train import spearman
 
-CTR_LOGIT_MARGIN = 1.0
+CTR_LOGIT_MARGIN = 1.0 + 2 * OracleWeights().ctr_item_spread
 EXP_MARGIN = 0.3
 MIN_NOTES, MIN_STRINGS, MIN_ROWS = 5, 50, 1000
 NOTE_FIELDS = ("title", "body", "shop_info", "shop_name")
@@ -184,7 +186,8 @@ def swapped_note_checks(world: str | Path, items: list[dict], scorer, oracle: Or
     exp_pairs = swapped_exp_pairs(world, frame, oracle)
     return {
         "ctr": {**swapped_accuracy(ctr_pairs, frame, lambda it, q: scorer.score(it, q).r_ctr_raw),
-                "margin": f"|logit true_ctr(A) - logit true_ctr(B)| >= {CTR_LOGIT_MARGIN:g}"},
+                "margin": f"|logit true_ctr(A) - logit true_ctr(B)| >= {CTR_LOGIT_MARGIN:g} "
+                          f"(1 beyond the oracle's per-note offsets)"},
         "expansion": {**swapped_accuracy(exp_pairs, frame, lambda it, q: scorer.score(it, q).r_exp),
                       "margin": f"a related topic one note mentions and the other does not, "
                                 f"|true_exp(A) - true_exp(B)| >= {EXP_MARGIN:g}"},

@@ -160,7 +160,7 @@ def read_meta(rm_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _load(rm_dir: str | Path, kind: str, device: str, dtype):
+def load_parts(rm_dir: str | Path, kind: str, device: str, dtype):
     meta = read_meta(rm_dir)
     if meta["kind"] != kind:
         raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")
@@ -202,7 +202,7 @@ def _load_ensemble(rm_dir: str | Path, kind: str, cls, device: str, dtype) -> En
     meta = read_meta(rm_dir)
     if meta["kind"] != kind:
         raise ValueError(f"{rm_dir} is a {meta['kind']} reward model, not {kind}")
-    return Ensemble([cls(*_load(d, kind, device, dtype)) for d in member_dirs(rm_dir)], meta)
+    return Ensemble([cls(*load_parts(d, kind, device, dtype)) for d in member_dirs(rm_dir)], meta)
 
 
 def load_expansion_rm(rm_dir: str | Path, device: str = "cpu", dtype=None) -> Ensemble:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,13 +28,14 @@ import pyarrow.parquet as pq
 import torch
 from peft import get_peft_model
 
+from cmaq.artifacts import dir_hash
 from cmaq.config import ModelConfig, RewardModelConfig
 from cmaq.engines import base_model_dir
 from cmaq.losses import answer_nll, bpr_loss
 from cmaq.rewards import expected_calibration_error, fit_isotonic, normalise_ctr
 from training.loop import subset, train
-from training.reward_models.models import (META, CtrRM, Ensemble, ExpansionRM, base_model, lora_config, save_rm,
-                                           tokenizer_of)
+from training.reward_models.models import (META, CtrRM, Ensemble, ExpansionRM, base_model, load_parts, lora_config,
+                                           save_rm, tokenizer_of)
 from training.reward_models.scorer import CALIBRATION
 
 log = logging.getLogger(__name__)
@@ -132,19 +133,26 @@ def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: Model
     out_dir = _out(cfg, kind[:3])
     mode = finetune_mode(cfg, model_cfg)
     members, metrics = [], []
+    fingerprint = member_fingerprint(cfg, model_dir, data)
     for i, (seed, sample) in enumerate(member_samples(n_train, cfg)):
+        member_dir = out_dir if cfg.members == 1 else out_dir / f"member-{i}"
+        if cfg.members > 1 and _finished_member(member_dir, fingerprint, seed):
+            # a killed ensemble run resumes: members that finished with these settings are kept
+            log.info("%s: member %d/%d finished earlier, reused", kind, i + 1, cfg.members)
+            members.append(rm_class(*load_parts(member_dir, kind, "cpu", None)))
+            metrics.append(json.loads((member_dir / "metrics.json").read_text()))
+            continue
         torch.manual_seed(seed)
         model = base_model(kind, model_dir)
         if mode == "lora":
             model = get_peft_model(model, lora_config(kind, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout))
         rm = rm_class(model, tokenizer, cfg.max_len)
         step_loss, validate = losses_of(rm, sample)
-        member_dir = out_dir if cfg.members == 1 else out_dir / f"member-{i}"
         name = f"rm-{kind[:3]}" + (f" {i + 1}/{cfg.members}" if cfg.members > 1 else "")
         m = train(model, len(sample), step_loss, replace(cfg, seed=seed), member_dir, lambda: {}, name,
                   validate if has_validation else None)
         meta = {"kind": kind, "base_model": str(Path(model_dir).resolve()), "max_len": cfg.max_len, "data": str(data),
-                "finetune": mode, "seed": seed}
+                "finetune": mode, "seed": seed, "train_fingerprint": fingerprint}
         if cfg.members == 1:  # an ensemble's normalisation (and calibration) belong to the ensemble
             meta["normalisation"] = cfg.normalisation
         if kind == "expansion":
@@ -153,6 +161,21 @@ def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: Model
         members.append(rm)
         metrics.append(m)
     return Ensemble(members), metrics, model_dir, tokenizer
+
+
+def member_fingerprint(cfg: RewardModelConfig, model_dir: str, data: str) -> str:
+    """What a member's weights depend on: the settings (but where they go), the base and the data."""
+    settings = {k: v for k, v in asdict(cfg).items() if k != "out"}
+    return json.dumps({"settings": settings, "base": dir_hash(model_dir), "data": dir_hash(data)}, sort_keys=True)
+
+
+def _finished_member(member_dir: Path, fingerprint: str, seed: int) -> bool:
+    try:
+        meta = json.loads((member_dir / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return (member_dir / "metrics.json").exists() and meta.get("train_fingerprint") == fingerprint \
+        and meta.get("seed") == seed
 
 
 def _finish(cfg: RewardModelConfig, kind: str, model_dir: str, data: str, member_metrics: list[dict],
