@@ -36,25 +36,24 @@ ANNOTATION_SCHEMA = pa.schema([
     pa.field("label", pa.int8(), nullable=False),
 ])
 
+def _answer_key(label: str) -> pa.Schema:
+    """An answer-key table: (content_id, query) -> ``label`` and the oracle's true scores."""
+    return pa.schema([
+        pa.field("content_id", pa.string(), nullable=False),
+        pa.field("query", pa.string(), nullable=False),
+        pa.field(label, pa.string(), nullable=False),
+        pa.field("true_ctr", pa.float64(), nullable=False),
+        pa.field("true_exp", pa.float64(), nullable=False),
+    ])
+
+
 # The world's hidden answer key: every grammar query of every item with its kind and true scores.
 # Read only by evaluation and tests, like the oracle itself.
-GRAMMAR_TRUTH_SCHEMA = pa.schema([
-    pa.field("content_id", pa.string(), nullable=False),
-    pa.field("query", pa.string(), nullable=False),
-    pa.field("kind", pa.string(), nullable=False),
-    pa.field("true_ctr", pa.float64(), nullable=False),
-    pa.field("true_exp", pa.float64(), nullable=False),
-])
+GRAMMAR_TRUTH_SCHEMA = _answer_key("kind")
 
 # The answer key of what an earlier recommender showed by mistake (cmaq.world.mistakes): other
 # notes' queries, popular phrases and malformed text, each judged for the note it was shown under.
-MISTAKE_TRUTH_SCHEMA = pa.schema([
-    pa.field("content_id", pa.string(), nullable=False),
-    pa.field("query", pa.string(), nullable=False),
-    pa.field("source", pa.string(), nullable=False),
-    pa.field("true_ctr", pa.float64(), nullable=False),
-    pa.field("true_exp", pa.float64(), nullable=False),
-])
+MISTAKE_TRUTH_SCHEMA = _answer_key("source")
 
 # The content fields every training row carries, so trainers never join.
 _CONTENT_FOR_PROMPTS = [

@@ -53,8 +53,8 @@ def _trainable_state(model) -> dict:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _cpu_copy(state: dict) -> dict:
-    return {n: t.detach().to("cpu", copy=True) for n, t in state.items()}
+def _trainable_state_on_cpu(model) -> dict:
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
 class _EarlyStopping:
@@ -75,7 +75,7 @@ class _EarlyStopping:
         self.curve.append((step, round(loss, 6)))
         if loss < self.best - 1e-9:
             self.best, self.best_step, self.bad = loss, step, 0
-            self.best_state = _cpu_copy(_trainable_state(model))
+            self.best_state = _trainable_state_on_cpu(model)
         else:
             self.bad += 1
         return self.patience > 0 and self.bad >= self.patience

@@ -90,27 +90,39 @@ def reward_model_lines(reward_models: dict) -> list[str]:
     if not reward_models:
         return []
 
-    def get(metrics: dict, *path):
-        for key in path:
-            if not isinstance(metrics, dict) or metrics.get(key) is None:
-                return "–"
-            metrics = metrics[key]
-        return f"{metrics:.4f}" if isinstance(metrics, float) else str(metrics)
+    def field(*path):
+        """A cell: the value at ``path`` in an RM's metrics, or – where there is none."""
+        def cell(metrics: dict) -> str:
+            for key in path:
+                if not isinstance(metrics, dict) or metrics.get(key) is None:
+                    return "–"
+                metrics = metrics[key]
+            return f"{metrics:.4f}" if isinstance(metrics, float) else str(metrics)
+        return cell
 
-    rows = [("held-out accuracy (exp) / pair accuracy (CTR)", ("test_accuracy",), ("test_pair_accuracy",)),
-            ("test examples / pairs", ("test_examples",), ("test_pairs",)),
-            ("ensemble members", ("members_count",), ("members_count",)),
-            ("swapped-note accuracy", ("swapped_note", "accuracy"), ("swapped_note", "accuracy")),
-            ("swapped-note pairs", ("swapped_note", "pairs"), ("swapped_note", "pairs")),
+    def ece(metrics: dict) -> str:
+        values = (metrics.get("calibration") or {}).get("ece") or {}
+        return " / ".join(f"{values[m]:.4f}" if m in values else "–" for m in ("sigmoid", "minmax", "calibrated"))
+
+    def same(*path):
+        return field(*path), field(*path)
+
+    def pair(first, second):
+        return lambda metrics: f"{first(metrics)} / {second(metrics)}"
+
+    strings_and_rows = pair(field("note_blindness", "strings_on_min_notes"),
+                            field("note_blindness", "rows_of_those_strings"))
+    rows = [("held-out accuracy (exp) / pair accuracy (CTR)", field("test_accuracy"), field("test_pair_accuracy")),
+            ("test examples / pairs", field("test_examples"), field("test_pairs")),
+            ("ensemble members", *same("members_count")),
+            ("swapped-note accuracy", *same("swapped_note", "accuracy")),
+            ("swapped-note pairs", *same("swapped_note", "pairs")),
             ("variance explained by the query string (QSA samples)",
-             ("note_blindness", "variance_explained_by_string"), ("note_blindness", "variance_explained_by_string")),
-            ("… the oracle's, same samples", ("note_blindness", "oracle_variance_explained_by_string"),
-             ("note_blindness", "oracle_variance_explained_by_string")),
-            ("strings on ≥ 5 notes / their rows",
-             ("note_blindness", "strings_on_min_notes"), ("note_blindness", "rows_of_those_strings")),
-            ("within-note Spearman with the oracle", ("note_blindness", "within_note_spearman"),
-             ("note_blindness", "within_note_spearman")),
-            ("ECE sigmoid / minmax / calibrated", None, ("calibration", "ece"))]
+             *same("note_blindness", "variance_explained_by_string")),
+            ("… the oracle's, same samples", *same("note_blindness", "oracle_variance_explained_by_string")),
+            ("strings on ≥ 5 notes / their rows", strings_and_rows, strings_and_rows),
+            ("within-note Spearman with the oracle", *same("note_blindness", "within_note_spearman")),
+            ("ECE sigmoid / minmax / calibrated", lambda m: "–", ece)]
     exp, ctr = reward_models.get("rm-exp", {}), reward_models.get("rm-ctr", {})
     lines = ["", "## Reward models (held-out notes)", "",
              "Swapped-note accuracy: the same query under two notes of one language and category, where the "
@@ -119,16 +131,7 @@ def reward_model_lines(reward_models: dict) -> list[str]:
              "mentions and the other does not, |Δ true_exp| ≥ 0.3); the RM must order them as the oracle does. "
              "The note-blindness rows use k = 8 samples of QSA per held-out note.", "",
              "| metric | expansion RM | CTR RM |", "| --- | --- | --- |"]
-    for label, exp_path, ctr_path in rows:
-        if ctr_path == ("calibration", "ece"):
-            ece = ctr.get("calibration", {}).get("ece") or {}
-            cell = " / ".join(f"{ece[m]:.4f}" if m in ece else "–" for m in ("sigmoid", "minmax", "calibrated"))
-            lines.append(f"| {label} | – | {cell} |")
-        elif label.startswith("strings"):
-            lines.append(f"| {label} | {get(exp, *exp_path)} / {get(exp, *ctr_path)} | "
-                         f"{get(ctr, *exp_path)} / {get(ctr, *ctr_path)} |")
-        else:
-            lines.append(f"| {label} | {get(exp, *exp_path)} | {get(ctr, *ctr_path)} |")
+    lines += [f"| {label} | {exp_cell(exp)} | {ctr_cell(ctr)} |" for label, exp_cell, ctr_cell in rows]
     return lines
 
 

@@ -23,6 +23,7 @@ with the counts.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +76,13 @@ def swapped_ctr_pairs(world: str | Path, items: pd.DataFrame, oracle: Oracle, se
     return pairs[keep].reset_index(drop=True)
 
 
+@lru_cache(maxsize=None)
+def _related_topics(lang: str, category: str) -> tuple[str, ...]:
+    """The category's near and far related topics, normalised."""
+    cat = lx.CATEGORY_BY_KEY[category]
+    return tuple(normalize(t) for t in (*cat.near(lang), *cat.far(lang)))
+
+
 def swapped_exp_pairs(world: str | Path, items: pd.DataFrame, oracle: Oracle) -> pd.DataFrame:
     """(note A, note B, query) with the query one of A's grammar queries naming a related topic that
     B's text mentions and A's does not, and both true expansions, kept where they differ by the margin."""
@@ -89,11 +97,10 @@ def swapped_exp_pairs(world: str | Path, items: pd.DataFrame, oracle: Oracle) ->
     rows = []
     for r in truth.itertuples(index=False):
         lang, category = group_of[r.content_id]
-        cat = lx.CATEGORY_BY_KEY.get(category)
-        if cat is None:
+        if category not in lx.CATEGORY_BY_KEY:
             continue
         q = normalize(r.query)
-        topics = [normalize(t) for t in (*cat.near(lang), *cat.far(lang)) if normalize(t) in q]
+        topics = [t for t in _related_topics(lang, category) if t in q]
         for topic in topics:
             if topic in text[r.content_id]:
                 continue
@@ -178,17 +185,17 @@ def policy_samples(engine, scorer, oracle: Oracle, items: list[dict], k: int, te
 
 def swapped_note_checks(world: str | Path, items: list[dict], scorer, oracle: Oracle | None = None,
                         seed: int = 0) -> dict:
-    """Swapped-note accuracy of both RMs on the held-out ``items``."""
+    """Swapped-note accuracy of both RMs of ``scorer`` (a RewardScorer) on the held-out ``items``."""
     oracle = oracle or Oracle()
     frame = pd.DataFrame(items)
     frame["content_id"] = frame["content_id"].astype(str)
     ctr_pairs = swapped_ctr_pairs(world, frame, oracle, seed)
     exp_pairs = swapped_exp_pairs(world, frame, oracle)
     return {
-        "ctr": {**swapped_accuracy(ctr_pairs, frame, lambda it, q: scorer.score(it, q).r_ctr_raw),
+        "ctr": {**swapped_accuracy(ctr_pairs, frame, lambda it, q: scorer.ctr.score(it, q, scorer.batch_size)),
                 "margin": f"|logit true_ctr(A) - logit true_ctr(B)| >= {CTR_LOGIT_MARGIN:g} "
                           f"(1 beyond the oracle's per-note offsets)"},
-        "expansion": {**swapped_accuracy(exp_pairs, frame, lambda it, q: scorer.score(it, q).r_exp),
+        "expansion": {**swapped_accuracy(exp_pairs, frame, lambda it, q: scorer.exp.score(it, q, scorer.batch_size)),
                       "margin": f"a related topic one note mentions and the other does not, "
                                 f"|true_exp(A) - true_exp(B)| >= {EXP_MARGIN:g}"},
     }

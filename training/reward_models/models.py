@@ -184,8 +184,12 @@ class Ensemble:
         self.members, self.meta = list(members), meta or {}
         self.kind = self.members[0].kind
 
+    def member_scores(self, items, queries, batch_size: int = 32) -> np.ndarray:
+        """Every member's scores, [members, len(queries)]."""
+        return np.stack([m.score(items, queries, batch_size) for m in self.members])
+
     def score_spread(self, items, queries, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.stack([m.score(items, queries, batch_size) for m in self.members])
+        scores = self.member_scores(items, queries, batch_size)
         return scores.mean(axis=0), scores.std(axis=0)
 
     def score(self, items, queries, batch_size: int = 32) -> np.ndarray:

@@ -116,8 +116,15 @@ def member_samples(n: int, cfg: RewardModelConfig) -> list[tuple[int, np.ndarray
     return [(cfg.seed + i, np.random.default_rng(cfg.seed + i).integers(0, n, n)) for i in range(cfg.members)]
 
 
-def _batches(n: int, size: int):
-    return (list(range(i, min(n, i + size))) for i in range(0, n, size))
+def _mean_loss(n: int, size: int, batch_loss: Callable[[list[int]], torch.Tensor]) -> float:
+    """The example-weighted mean of ``batch_loss`` over batches of ``size`` of ``n`` examples, without
+    gradients (a validation loss)."""
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, n, size):
+            idx = list(range(start, min(n, start + size)))
+            total += float(batch_loss(idx)) * len(idx)
+    return total / max(1, n)
 
 
 # One member's training: the RM wrapper -> (loss of a batch of its sample, validation loss).
@@ -125,9 +132,9 @@ LossesOf = Callable[[object, np.ndarray], tuple[Callable[[list[int]], torch.Tens
 
 
 def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: ModelConfig | None, n_train: int,
-                   losses_of: LossesOf, has_validation: bool, data: str) -> tuple[Ensemble, list[dict], str, object]:
+                   losses_of: LossesOf, has_validation: bool, data: str) -> tuple[Ensemble, list[dict], str]:
     """Train ``cfg.members`` models on the (already tokenised) training rows; returns the ensemble,
-    each member's training metrics, the base model's directory and the tokenizer."""
+    each member's training metrics and the base model's directory."""
     model_dir = base_model_dir(model_cfg, cfg.model_dir)
     tokenizer = tokenizer_of(model_dir)
     out_dir = _out(cfg, kind[:3])
@@ -160,7 +167,7 @@ def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: Model
         save_rm(model, tokenizer, member_dir, meta)
         members.append(rm)
         metrics.append(m)
-    return Ensemble(members), metrics, model_dir, tokenizer
+    return Ensemble(members), metrics, model_dir
 
 
 def member_fingerprint(cfg: RewardModelConfig, model_dir: str, data: str) -> str:
@@ -218,28 +225,23 @@ def train_expansion(cfg: RewardModelConfig, data: str, world: str | None = None,
             logits = rm.answer_logits([seqs[i] for i in rows])
             return answer_nll(logits, targets[torch.as_tensor(rows)].to(logits.device))
 
-        def validate() -> float:
-            total = 0.0
-            with torch.inference_mode():
-                for idx in _batches(len(val_seqs), cfg.eval_batch_size):
-                    logits = rm.answer_logits([val_seqs[i] for i in idx], [val_groups[i] for i in idx])
-                    total += float(answer_nll(logits, val_targets[idx].to(logits.device))) * len(idx)
-            return total / max(1, len(val_seqs))
+        def validation_loss(idx: list[int]):
+            logits = rm.answer_logits([val_seqs[i] for i in idx], [val_groups[i] for i in idx])
+            return answer_nll(logits, val_targets[idx].to(logits.device))
 
-        return step_loss, validate
+        return step_loss, lambda: _mean_loss(len(val_seqs), cfg.eval_batch_size, validation_loss)
 
-    ensemble, member_metrics, model_dir, _ = _train_members("expansion", ExpansionRM, cfg, model_cfg, len(train_set),
+    ensemble, member_metrics, model_dir = _train_members("expansion", ExpansionRM, cfg, model_cfg, len(train_set),
                                                             losses_of, bool(len(val_set)), data)
-    p = ensemble.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size)
+    per_member = ensemble.member_scores(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size)
+    p = per_member.mean(axis=0)
     labels = np.array([r["label"] for r in test_rows])
     results = {"test_examples": len(test_rows), "validation_examples": len(val_set),
                "test_accuracy": round(float(((p > 0.5) == labels).mean()), 4),
                "test_positive_rate": round(float(labels.mean()), 4), "test_auc": _auc(p, labels),
                "skipped_too_long": [train_set.skipped, len(splits.test) - len(test_rows)]}
     if cfg.members > 1:
-        results["member_test_accuracy"] = [
-            round(float(((m.score(test_rows, [r["query"] for r in test_rows], cfg.eval_batch_size) > 0.5)
-                         == labels).mean()), 4) for m in ensemble.members]
+        results["member_test_accuracy"] = [round(float(((s > 0.5) == labels).mean()), 4) for s in per_member]
     if world:
         results["oracle"] = oracle_agreement(ensemble, world, {r["content_id"] for r in test_rows}, "true_exp",
                                              cfg.eval_batch_size)
@@ -297,28 +299,23 @@ def train_ctr(cfg: RewardModelConfig, data: str, world: str | None = None,
             r = rm.rewards([plus[i] for i in rows] + [minus[i] for i in rows], groups=list(idx) * 2)
             return bpr_loss(r[:len(idx)], r[len(idx):])
 
-        def validate() -> float:
-            total = 0.0
-            with torch.inference_mode():
-                for idx in _batches(len(val_plus), cfg.eval_batch_size):
-                    r = rm.rewards([val_plus[i] for i in idx] + [val_minus[i] for i in idx], groups=list(idx) * 2)
-                    total += float(bpr_loss(r[:len(idx)], r[len(idx):])) * len(idx)
-            return total / max(1, len(val_plus))
+        def validation_loss(idx: list[int]):
+            r = rm.rewards([val_plus[i] for i in idx] + [val_minus[i] for i in idx], groups=list(idx) * 2)
+            return bpr_loss(r[:len(idx)], r[len(idx):])
 
-        return step_loss, validate
+        return step_loss, lambda: _mean_loss(len(val_plus), cfg.eval_batch_size, validation_loss)
 
-    ensemble, member_metrics, model_dir, _ = _train_members("ctr", CtrRM, cfg, model_cfg, len(train_set), losses_of,
+    ensemble, member_metrics, model_dir = _train_members("ctr", CtrRM, cfg, model_cfg, len(train_set), losses_of,
                                                             bool(len(val_set)), data)
     n = len(test_rows)
     queries = [x["y_plus"] for x in test_rows] + [x["y_minus"] for x in test_rows]
-    r = ensemble.score(test_rows + test_rows, queries, cfg.eval_batch_size)
+    per_member = ensemble.member_scores(test_rows + test_rows, queries, cfg.eval_batch_size)
+    r = per_member.mean(axis=0)
     results = {"test_pairs": n, "validation_pairs": len(val_set),
                "test_pair_accuracy": round(float((r[:n] > r[n:]).mean()), 4),
                "skipped_too_long": [train_set.skipped, len(splits.test) - n]}
     if cfg.members > 1:
-        results["member_test_pair_accuracy"] = [
-            round(float(((s := m.score(test_rows + test_rows, queries, cfg.eval_batch_size))[:n] > s[n:]).mean()), 4)
-            for m in ensemble.members]
+        results["member_test_pair_accuracy"] = [round(float((s[:n] > s[n:]).mean()), 4) for s in per_member]
     if len(val_set):
         results["calibration"] = calibration_report(ensemble, val_set.rows, test_rows, cfg.eval_batch_size,
                                                     _out(cfg, "ctr"))
