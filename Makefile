@@ -18,12 +18,13 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test bench dist clean help reproduce reproduce-gpu-data reproduce-gpu
+.PHONY: install demo test bench dist clean help model reproduce reproduce-gpu-data reproduce-gpu
 
 help:
 	@echo "make demo   - install into $(VENV), then run the main job on embedded defaults"
 	@echo "make test   - install into $(VENV), then run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints JSON figures)"
+	@echo "make model  - rebuild the committed task model (cmaq/data/task-model) from its recipe (~30 min, 2 cores)"
 	@echo "make reproduce - the whole chain on a world, then reports/reproduction.md (CPU, <= 90 min on 2 cores)"
 	@echo "make reproduce-gpu-data - prepare the GPU profile's world and training data here (Spark)"
 	@echo "make reproduce-gpu - the GPU profile's training and evaluation (system python3 with torch)"
@@ -58,6 +59,10 @@ bench: $(STAMP)
 
 REPRODUCE_DIR ?= runs/reproduce
 REPORT_DIR ?= reports
+
+# The task model's weights are committed: pretraining them takes longer than the demo's budget.
+model: $(STAMP)
+	$(BIN)/python -m cmaq.engines.task_model
 
 reproduce: $(STAMP)
 	$(BIN)/cmaq reproduce --profile cpu --out $(REPRODUCE_DIR) --report $(REPORT_DIR)

@@ -1,8 +1,9 @@
 """`make demo`: run the main job end to end on embedded defaults, and say where everything went.
 
-world -> tiny model (built once, cached) -> the recall-pool job in Spark local mode with the vLLM
+world -> the task model (committed weights, copied into the model cache once) -> the recall-pool job in Spark local mode with the vLLM
 engine over a sample of the notes -> Parquet pool and the SQLite cache -> one SQL report and one
-cache lookup. It serves the bare tiny model (``pool.adapter`` empty) unless configured otherwise.
+cache lookup. It serves the bare task model (``pool.adapter`` empty) unless configured otherwise;
+``--set model.factory=tiny`` serves the unit tests' tiny model instead.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import json
 import os
 import shutil
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -18,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cmaq.cli.world import format_summary
 from cmaq.config import ConfigError, load_config, with_values
-from cmaq.engines.tiny import build_tiny_model
+from cmaq.engines import base_model_dir
 from cmaq.pool.reader import Reader
 from cmaq.pool.sinks import redact_url
 from cmaq.world.generate import generate_world
@@ -53,10 +56,31 @@ def show_sample(world_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class StepTimes:
+    """Seconds per demo step, printed as one breakdown at the end (the first run's cost, step by step)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def line(self) -> str:
+        total = sum(self.seconds.values())
+        parts = ", ".join(f"{name} {s:.0f} s" for name, s in self.seconds.items())
+        return f"[demo] time by step: {parts} (total {total:.0f} s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        # the demo's own default: the model that can do the task (the library's default is the tiny one)
+        cfg = load_config(args.config, ["model.factory=task", *args.overrides])
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 2
@@ -64,22 +88,26 @@ def main(argv: list[str] | None = None) -> int:
     world_dir = out / "world"
     if world_dir.exists():
         shutil.rmtree(world_dir)  # the demo's own output from a previous run
+    times = StepTimes()
     print(f"[demo] generating a synthetic world of {cfg.world.items:,} notes (seed {cfg.world.seed})", flush=True)
-    summary = generate_world(cfg.world, world_dir)
+    with times.step("world"):
+        summary = generate_world(cfg.world, world_dir)
     manifest = json.loads((world_dir / "world.json").read_text("utf-8"))
     print(format_summary(summary.out, manifest))
     print(show_sample(world_dir))
-    code = run_pool(cfg, world_dir, out, args.pool_items)
+    code = run_pool(cfg, world_dir, out, args.pool_items, times)
+    print(times.line())
     print(f"[demo] done. Everything is under {out}")
     return code
 
 
-def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
+def run_pool(cfg, world_dir: Path, out: Path, n_items: int, times: StepTimes) -> int:
     """The main job on a sample of the world's notes, then one analyst report."""
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     if not (cfg.model.base_dir or cfg.engine.model_dir):
-        print("[demo] building the tiny model (cached after the first run)", flush=True)
-        build_tiny_model()
+        print(f"[demo] preparing the {cfg.model.factory} model (cached after the first run)", flush=True)
+        with times.step("model"):
+            base_model_dir(cfg.model)
     sample = out / "content_sample.parquet"
     pq.write_table(pq.read_table(world_dir / "content").slice(0, n_items), sample)
     pool_root = out / "pool"
@@ -87,17 +115,26 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
         shutil.rmtree(pool_root)
     cfg = with_values(cfg, {"pool.root": str(pool_root), "pool.chunk_items": max(1, n_items // 2)})
     print(f"[demo] running the recall-pool job on {n_items} notes (Spark local mode, vLLM engine)", flush=True)
-    spark = get_spark("cmaq-demo")
-    report = build_pool(spark, cfg, str(sample))
+    with times.step("spark start"):
+        spark = get_spark("cmaq-demo")
+    with times.step("pool job"):
+        report = build_pool(spark, cfg, str(sample))
     print(f"[demo] pool job: {report.status} (exit {report.exit_code}); counts {json.dumps(report.counts)}")
     if report.exit_code != 0:
         print(f"[demo] see {pool_root}/runs/{report.run_id}.json", file=sys.stderr)
         return report.exit_code
+    with times.step("report"):
+        show_results(spark, cfg, pool_root, report.run_id)
+    return 0
+
+
+def show_results(spark, cfg, pool_root: Path, run_id: str) -> None:
+    """The analyst's coverage report, a few served queries and one cache lookup."""
     sql_file = Path(__file__).resolve().parents[2] / "sql" / "coverage_by_category.sql"
     if sql_file.exists():
         print("[demo] sql/coverage_by_category.sql:")
         print(run_sql(spark, sql_file, pool_root).toPandas().to_string(index=False))
-    top = pq.read_table(pool_root / "versions" / report.run_id / "pool").to_pandas().sort_values(["content_id", "rank"])
+    top = pq.read_table(pool_root / "versions" / run_id / "pool").to_pandas().sort_values(["content_id", "rank"])
     print("[demo] a few served queries:")
     for row in top.head(5).itertuples():
         print(f"    {row.content_id}  #{row.rank}  {row.query}")
@@ -106,9 +143,8 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int) -> int:
     print(f"[demo] cmaq pool get {first}  (cache {redact_url(cfg.pool.kv())}, version {hit.version}):")
     for q in hit.queries:
         print(f"    #{q['rank']}  {q['query']}")
-    print(f"[demo] pool version {report.run_id} in {pool_root}/versions/{report.run_id}/ "
-          f"(pointer {pool_root}/current, run manifest {pool_root}/runs/{report.run_id}.json)")
-    return 0
+    print(f"[demo] pool version {run_id} in {pool_root}/versions/{run_id}/ "
+          f"(pointer {pool_root}/current, run manifest {pool_root}/runs/{run_id}.json)")
 
 
 if __name__ == "__main__":

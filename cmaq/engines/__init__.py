@@ -11,6 +11,7 @@ import threading
 
 from cmaq.config import EngineConfig, ModelConfig
 from cmaq.engines.base import Candidate, Engine, GenResult
+from cmaq.engines.task_model import task_model_dir
 from cmaq.engines.tiny import build_tiny_model
 
 __all__ = ["Candidate", "Engine", "GenResult", "base_model_dir", "get_engine", "make_engine"]
@@ -21,11 +22,14 @@ _LOCK = threading.Lock()
 
 def base_model_dir(model: ModelConfig | None, override: str = "") -> str:
     """The base model directory a section uses: its own ``model_dir`` override, else ``model.base_dir``,
-    else the project's tiny model (built once, cached). The one place the base model is resolved."""
+    else the project's own model ``model.factory`` names (the tiny model, built once and cached, or the
+    committed task model). The one place the base model is resolved."""
     if override:
         return override
     if model is not None and model.base_dir:
         return model.base_dir
+    if model is not None and model.factory == "task":
+        return str(task_model_dir())
     return str(build_tiny_model())
 
 

@@ -59,6 +59,14 @@ class TinyModelConfig:
     seq_len: int = 256
     lr: float = 3e-3
     seed: int = 0
+    # "mixed": query lists of 12 queries drawn from all notes; "per_note": each note's own queries as
+    # one list, so a name recurs within a document and pretraining rewards copying it (still no note
+    # followed by its query: the list stands alone)
+    query_lists: str = "mixed"
+
+    def __post_init__(self) -> None:
+        if self.query_lists not in ("mixed", "per_note"):
+            raise ValueError(f"query_lists must be 'mixed' or 'per_note', got {self.query_lists!r}")
     # the test adapter
     adapter_items: int = 600
     adapter_steps: int = 300
@@ -94,10 +102,16 @@ def corpus_texts(cfg: TinyModelConfig) -> list[str]:
     items = world_items(cfg.world_seed, cfg.corpus_items)
     for it, grammar in items:
         texts.append(f"{it.title}\n{it.shop_name} · {it.shop_info}\n{it.body}")
-    queries = [q for _, g in items for q, _ in g]
-    rng.shuffle(queries)
-    for i in range(0, len(queries), 12):
-        texts.append("\n".join(queries[i:i + 12]))
+    if cfg.query_lists == "per_note":
+        for _, g in items:
+            queries = [q for q, _ in g]
+            rng.shuffle(queries)
+            texts.append("\n".join(queries))
+    else:
+        queries = [q for _, g in items for q, _ in g]
+        rng.shuffle(queries)
+        for i in range(0, len(queries), 12):
+            texts.append("\n".join(queries[i:i + 12]))
     rng.shuffle(texts)
     return texts
 
@@ -128,7 +142,7 @@ def build_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):
     return fast
 
 
-def _pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig) -> list[float]:
+def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig) -> list[float]:
     import torch
 
     ids: list[int] = []
@@ -156,6 +170,18 @@ def _pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig) -> list[
     return losses
 
 
+def new_model(cfg: TinyModelConfig, tokenizer):
+    """A freshly initialised Qwen2 of ``cfg``'s sizes over ``tokenizer``'s vocabulary."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
+        rope_theta=10000.0, torch_dtype="float32"))
+
+
 def build_tiny_model(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str | Path | None = None) -> Path:
     """Directory of the tiny base model (config, safetensors, tokenizer), built once per content hash."""
     cache = Path(cache_dir or DEFAULT_CACHE)
@@ -163,21 +189,14 @@ def build_tiny_model(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str | 
     if (out / "DONE").exists():
         return out
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="tiny-", dir=_ensure(cache)))
     texts = corpus_texts(cfg)
     tokenizer = build_tokenizer(texts + prompt_vocabulary(), cfg.vocab_size, tmp)
-    mcfg = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-        rope_theta=10000.0, torch_dtype="float32")
-    model = Qwen2ForCausalLM(mcfg)
-    losses = _pretrain(model, tokenizer, texts, cfg)
+    model = new_model(cfg, tokenizer)
+    losses = pretrain(model, tokenizer, texts, cfg)
     model.save_pretrained(tmp, safe_serialization=True)
     model.generation_config.save_pretrained(tmp)
     params = sum(p.numel() for p in model.parameters())
@@ -185,7 +204,7 @@ def build_tiny_model(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str | 
         "config": dataclasses.asdict(cfg), "parameters": params, "final_loss": losses[-1],
         "first_loss": losses[0], "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
     (tmp / "DONE").write_text("ok\n")
-    _publish(tmp, out)
+    publish_dir(tmp, out)
     log.info("tiny model (%d parameters) built in %.0f s: %s", params, time.perf_counter() - t0, out)
     return out
 
@@ -229,7 +248,7 @@ def _ensure(path: Path) -> Path:
     return path
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish_dir(tmp: Path, out: Path) -> None:
     """Rename into place; if another process won the race, keep theirs."""
     try:
         tmp.rename(out)
@@ -303,5 +322,5 @@ def build_test_adapter(cfg: TinyModelConfig = TinyModelConfig(), cache_dir: str 
     tmp = Path(tempfile.mkdtemp(prefix="adapter-", dir=_ensure(cache)))
     model.save_pretrained(tmp)
     (tmp / "DONE").write_text("ok\n")
-    _publish(tmp, out)
+    publish_dir(tmp, out)
     return out
