@@ -13,8 +13,8 @@ class ModelConfig:
 
     base_dir: str = field_help(
         "Base model directory (HF format) of every model: the serving and sampling engines, both reward "
-        "models, QSA, the CMAQ loop and the evaluation. Empty: the project's tiny model, built on first use "
-        "and cached. A section's own model_dir overrides it for that section alone.", default="")
+        "models, QSA, the CMAQ loop and the evaluation. Empty: the project's own model `factory` names, "
+        "made on first use and cached. A section's own model_dir overrides it for that section alone.", default="")
     factory: str = field_help(
         "Which of the project's own models an empty base_dir means: 'tiny' (2 layers x 128, built in about a "
         "minute; the unit tests' model, too small to copy from its prompt) or 'task' (4 layers x 192, committed "

@@ -63,16 +63,16 @@ class TinyModelConfig:
     # one list, so a name recurs within a document and pretraining rewards copying it (still no note
     # followed by its query: the list stands alone)
     query_lists: str = "mixed"
-
-    def __post_init__(self) -> None:
-        if self.query_lists not in ("mixed", "per_note"):
-            raise ValueError(f"query_lists must be 'mixed' or 'per_note', got {self.query_lists!r}")
     # the test adapter
     adapter_items: int = 600
     adapter_steps: int = 300
     adapter_rank: int = 8
     adapter_lr: float = 3e-3
     adapter_max_prompt_tokens: int = 480
+
+    def __post_init__(self) -> None:
+        if self.query_lists not in ("mixed", "per_note"):
+            raise ValueError(f"query_lists must be 'mixed' or 'per_note', got {self.query_lists!r}")
 
 
 def content_hash(cfg: TinyModelConfig, *extra: str) -> str:
