@@ -12,7 +12,9 @@ def test_wheel_contains_packages_and_data(tmp_path):
     wheel = next(tmp_path.glob("cmaq-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in ("jobs/nightly.py", "jobs/nearline.py", "cmaq/pool/sinks.py", "cmaq/pool/reader.py",
-                   "cmaq/data/crosswoz_beijing.json", "filters/chain.py", "jobs/data/builders.py"):
+                   "cmaq/data/crosswoz_beijing.json", "filters/chain.py", "jobs/data/builders.py",
+                   "cmaq/data/task-model/model.safetensors", "cmaq/data/task-model/recipe.json",
+                   "cmaq/data/task-model/tokenizer.json"):
         assert needed in names, needed
     assert any(n.startswith("filters/data/") and n.endswith(".txt") for n in names)
     assert not any(n.startswith("tests/") for n in names)
