@@ -26,6 +26,7 @@ import logging
 import shutil
 import tempfile
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from cmaq.artifacts import dir_hash
@@ -54,6 +55,19 @@ def recipe_hash(cfg: TinyModelConfig = TASK_MODEL) -> str:
     return h.hexdigest()[:16]
 
 
+def copy_model(src: Path, dst: Path, dtype: str, names: tuple[str, ...] = _MODEL_FILES) -> None:
+    """Copy a model directory's ``names`` from ``src`` to ``dst`` and its weights converted to ``dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for name in names:
+        shutil.copy(src / name, dst / name)
+    to = getattr(torch, dtype)
+    weights = load_file(src / "model.safetensors")
+    save_file({k: v.to(to).contiguous() for k, v in weights.items()}, dst / "model.safetensors",
+              metadata={"format": "pt"})
+
+
 def read_recipe(model_dir: Path = COMMITTED) -> dict:
     path = model_dir / RECIPE_FILE
     if not path.exists():
@@ -70,18 +84,11 @@ def build_committed(out: Path = COMMITTED, cfg: TinyModelConfig = TASK_MODEL) ->
 
 def package_committed(built: Path, out: Path, cfg: TinyModelConfig, seconds: float) -> Path:
     """Write the model ``built`` by ``cfg``'s recipe to ``out``: bfloat16 weights, tokenizer, recipe.json."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in _MODEL_FILES:
-        shutil.copy(built / name, tmp / name)
-    weights = load_file(built / "model.safetensors")
     # bfloat16 halves the file (5 MB); the float32 copy made on first use differs by rounding only
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in weights.items()}, tmp / "model.safetensors",
-              metadata={"format": "pt"})
+    copy_model(built, tmp, "bfloat16")
     built_info = json.loads((built / "cmaq_tiny.json").read_text())
     recipe = {"recipe": "cmaq.engines.task_model.TASK_MODEL", "recipe_hash": recipe_hash(cfg),
               "settings": dataclasses.asdict(cfg), "seed": cfg.seed, "parameters": built_info["parameters"],
@@ -96,27 +103,27 @@ def package_committed(built: Path, out: Path, cfg: TinyModelConfig, seconds: flo
     return out
 
 
-def task_model_dir(cache_dir: str | Path | None = None, committed: Path = COMMITTED) -> Path:
-    """The task model as a float32 HF directory in the model cache, copied from the committed weights
-    on first use (under a second on two cores)."""
+@lru_cache(maxsize=None)
+def _committed_version(committed: Path) -> str:
+    """Content hash of the committed weights, read (and the recipe checked, warning once) per process:
+    every section resolves its base through here."""
     recipe = read_recipe(committed)
     if recipe.get("recipe_hash") != recipe_hash():
         log.warning("the committed task model was built by another recipe (%s, now %s): `make model` rebuilds it",
                     recipe.get("recipe_hash"), recipe_hash())
+    return dir_hash(str(committed))
+
+
+def task_model_dir(cache_dir: str | Path | None = None, committed: Path = COMMITTED) -> Path:
+    """The task model as a float32 HF directory in the model cache, copied from the committed weights
+    on first use (under a second on two cores)."""
     cache = Path(cache_dir or DEFAULT_CACHE)
-    out = cache / f"task-qwen2-{dir_hash(str(committed))}"
+    out = cache / f"task-qwen2-{_committed_version(committed)}"
     if (out / "DONE").exists():
         return out
-    import torch
-    from safetensors.torch import load_file, save_file
-
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="task-", dir=cache))
-    for name in (*_MODEL_FILES, RECIPE_FILE):
-        shutil.copy(committed / name, tmp / name)
-    weights = load_file(committed / "model.safetensors")
-    save_file({k: v.to(torch.float32).contiguous() for k, v in weights.items()}, tmp / "model.safetensors",
-              metadata={"format": "pt"})
+    copy_model(committed, tmp, "float32", (*_MODEL_FILES, RECIPE_FILE))
     (tmp / "DONE").write_text("ok\n")
     tiny.publish_dir(tmp, out)
     return out
