@@ -29,6 +29,11 @@ PHONE = "phone"
 MARKUP = "markup"
 REPEATED_TOKENS = "repeated_tokens"
 INSTRUCTION_ECHO = "instruction_echo"
+DECODING_DEBRIS = "decoding_debris"  # U+FFFD, private-use characters, byte-fallback tokens, mojibake
+MOSTLY_NUMBERS = "mostly_numbers"    # digits, times, prices and stand-alone punctuation outweigh the words
+SHOP_INFO_COPY = "shop_info_copy"    # hours, price, rating or address lifted from the shop-info line
+FILLER_WORD = "filler_word"          # one filler word alone ("go", "nice", "然后")
+TRUNCATED = "truncated"              # cut off: open bracket, dangling connector, a note's word cut mid-way
 DUPLICATE = "duplicate"              # same normalised query earlier for the same item
 COMMERCIAL = "commercial"
 HARM = "harm"
@@ -36,12 +41,13 @@ SHOP_NAME_SIMILAR = "shop_name_similar"
 TITLE_COPY = "title_copy"
 LOW_RELEVANCE = "low_relevance"
 
-REASONS = (EMPTY, TOO_SHORT, TOO_LONG, NO_LETTERS, CONTROL_CHARS, URL, EMAIL, PHONE, MARKUP, REPEATED_TOKENS,
-           INSTRUCTION_ECHO, DUPLICATE, COMMERCIAL, HARM, SHOP_NAME_SIMILAR, TITLE_COPY, LOW_RELEVANCE)
+REASONS = (EMPTY, TOO_SHORT, TOO_LONG, NO_LETTERS, CONTROL_CHARS, DECODING_DEBRIS, URL, EMAIL, PHONE, MARKUP,
+           REPEATED_TOKENS, INSTRUCTION_ECHO, MOSTLY_NUMBERS, SHOP_INFO_COPY, FILLER_WORD, TRUNCATED, DUPLICATE,
+           COMMERCIAL, HARM, SHOP_NAME_SIMILAR, TITLE_COPY, LOW_RELEVANCE)
 
 # Input columns a batch must have; content columns may be null.
 QUERY_COLUMN = "query"
-CONTENT_COLUMNS = ("content_id", "lang", "shop_name", "title", "body", "shop_info")
+CONTENT_COLUMNS = ("content_id", "lang", "shop_name", "district", "title", "body", "shop_info")
 
 
 @dataclass

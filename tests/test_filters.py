@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from cmaq.config import FiltersConfig, HarmConfig, load_config
+from cmaq.config import FiltersConfig, HarmConfig, LexicalConfig, load_config
 from filters import REASONS, FilterChain, merge_counts
 from filters.harm import HarmFilter
 
@@ -18,9 +18,11 @@ ALL = FilterChain(["lexical", "harm", "commercial", "similarity", "relevance"], 
 
 EN_ITEM = {"content_id": "e1", "lang": "en", "shop_name": "Jade Hotpot (Riverside)", "title": "Jade Hotpot: the beef tripe is worth it",
            "body": "Finally tried Jade Hotpot in Riverside! The beef tripe really stood out, and the lamb slices were good too.",
-           "shop_info": "Jade Hotpot (Riverside) · Riverside · hours 10:00-22:00"}
+           "district": "Riverside",
+           "shop_info": "Jade Hotpot (Riverside) · Riverside · hours 10:00-22:00 · about $45 per person · rating 4.6"}
 ZH_ITEM = {"content_id": "z1", "lang": "zh", "shop_name": "海底捞火锅(白纸坊店)", "title": "海底捞火锅｜毛肚太绝了",
-           "body": "终于来了海底捞火锅！毛肚真的很惊艳，虾滑也不错。人均120元左右。", "shop_info": "海底捞火锅(白纸坊店) · 白纸坊 · 营业时间 10:00-22:00"}
+           "body": "终于来了海底捞火锅！毛肚真的很惊艳，虾滑也不错。人均120元左右。", "district": "白纸坊",
+           "shop_info": "海底捞火锅(白纸坊店) · 白纸坊 · 营业时间 10:00-22:00 · 人均120元 · 评分4.8"}
 
 
 def run(item, queries, chain=ALL):
@@ -55,6 +57,32 @@ CASES = [
     (ZH_ITEM, "停车停车停车", "repeated_tokens"),
     (EN_ITEM, "as a user I would search beef tripe", "instruction_echo"),
     (ZH_ITEM, "作为用户我想搜毛肚", "instruction_echo"),
+    # machine junk, from what the models emitted (the demo's pool, QSA's samples)
+    (EN_ITEM, "beef tripe\ufffd sauce", "decoding_debris"),
+    (EN_ITEM, "cafÃ© hotpot", "decoding_debris"),
+    (ZH_ITEM, "海洋\ufffd拉面表", "decoding_debris"),
+    (ZH_ITEM, "<0xE6>毛肚", "decoding_debris"),
+    (EN_ITEM, "00-22:00 · $45 · 4.6", "mostly_numbers"),
+    (EN_ITEM, "00☕", "mostly_numbers"),
+    (ZH_ITEM, "00:00-24:00 🔥", "mostly_numbers"),
+    (ZH_ITEM, "120元 4.8分", "mostly_numbers"),
+    (EN_ITEM, "about $45 per person", "shop_info_copy"),
+    (EN_ITEM, "hotpot rating 4.6", "shop_info_copy"),
+    (EN_ITEM, "beef tripe 22:00", "shop_info_copy"),
+    (EN_ITEM, "about per person", "shop_info_copy"),
+    (ZH_ITEM, "毛肚评分4.8", "shop_info_copy"),
+    (ZH_ITEM, "营业时间 10:00", "shop_info_copy"),
+    (EN_ITEM, "go", "filler_word"),
+    (EN_ITEM, "Nice!", "filler_word"),
+    (ZH_ITEM, "然后", "filler_word"),
+    (ZH_ITEM, "真的！", "filler_word"),
+    (EN_ITEM, "hotpot near", "truncated"),
+    (EN_ITEM, "Jade Hotpot (Riverside", "truncated"),
+    (EN_ITEM, "eef tripe really", "truncated"),
+    (EN_ITEM, "beef tripe and lamb sli", "truncated"),
+    (ZH_ITEM, "毛肚（白纸坊", "truncated"),
+    (ZH_ITEM, "毛肚蘸料以及", "truncated"),
+    (ZH_ITEM, "、虾滑", "truncated"),
     (EN_ITEM, "jade hotpot coupon", "commercial"),
     (ZH_ITEM, "海底捞团购", "commercial"),
     (EN_ITEM, "beef tripe fuck", "harm"),
@@ -229,3 +257,50 @@ def test_embedding_relevance_scorer_runs_offline_from_the_packaged_model():
     assert len(EmbeddingScorer._models) == 1
     with pytest.raises(Exception, match="embedding|scorer"):
         load_config(None, ["filters.relevance.scorer=bert"])
+
+
+JUNK_REASONS = {"decoding_debris", "mostly_numbers", "shop_info_copy", "filler_word", "truncated"}
+# Queries a reader would type that sit close to a junk rule: numbers, hours words, the district, a
+# sentence ending on a preposition, prices inside dish names, pinyin glued to characters.
+NEAR_MISSES = [(EN_ITEM, q) for q in ("24 hour hotpot", "opening hours", "how to book", "Riverside", "lamb slices",
+                                      "beef tripe", "worth coming back for", "hotpot rating", "price per person",
+                                      "hotpot near Riverside", "Jade Hotpot (Riverside)", "the lamb")] + \
+              [(ZH_ITEM, q) for q in ("营业时间", "人均", "24小时火锅", "白纸坊附近", "13元刀削面", "杏仁er豆腐", "义盛和",
+                                      "评分高的火锅", "5+牛眼", "毛肚和虾滑", "海底捞火锅(白纸坊店)")]
+
+
+@pytest.mark.parametrize("item, query", NEAR_MISSES, ids=[f"{i['lang']}-{q}" for i, q in NEAR_MISSES])
+def test_near_misses_pass_the_lexical_filter(item, query):
+    out = run(item, [query], FilterChain(["lexical"], CFG)).table
+    assert out["reason"][0].as_py() is None, out["reason"][0]
+
+
+def test_real_names_and_dishes_pass_the_junk_rules_under_their_own_shop_info():
+    """Every packaged CrossWOZ restaurant (names, all its dishes as listed, with digits and Latin letters)
+    under a note whose shop-info line carries its real area, hours, price and rating."""
+    from importlib import resources
+
+    raw = json.loads(resources.files("cmaq").joinpath("data/crosswoz_beijing.json").read_text("utf-8"))
+    rows = []
+    for i, r in enumerate(raw["restaurants"]):
+        item = {"content_id": f"r{i}", "lang": "zh", "shop_name": r["name"], "district": r["area"],
+                "title": f"{r['name']}｜{(r['dishes'] or [''])[0]}", "body": "、".join(r["dishes"]) + "。",
+                "shop_info": f"{r['name']} · {r['area']} · 营业时间 {r['hours']} · 人均{r['price']}元 · 评分{r['rating']}"}
+        rows += [{**item, "query": q} for q in [r["name"], *r["dishes"]]]
+    out = FilterChain(["lexical"], CFG).run(pd.DataFrame(rows)).table
+    dropped = out[out["reason"].isin(JUNK_REASONS)]
+    assert len(out) > 10_000
+    # what does drop is the dataset's own split debris: a dish list cut inside brackets ("素颜番茄鱼（金针菇")
+    assert len(dropped) <= 0.0005 * len(out), dropped[["query", "reason"]].to_string()
+    assert (dropped["reason"] == "truncated").all(), dropped[["query", "reason"]].to_string()
+    assert dropped["query"].map(lambda q: q.count("（") + q.count("(") != q.count("）") + q.count(")")).all()
+
+
+def test_junk_rules_settings_are_validated():
+    with pytest.raises(Exception, match="max_number_share"):
+        load_config(None, ["filters.lexical.max_number_share=0"])
+    with pytest.raises(Exception, match="shop_info_similarity"):
+        load_config(None, ["filters.lexical.shop_info_similarity=1.5"])
+    relaxed = FiltersConfig(lexical=LexicalConfig(filler_words=[], max_number_share=1.0))
+    out = run(EN_ITEM, ["go", "00-22:00 · $45 · 4.6"], FilterChain(["lexical"], relaxed)).table
+    assert out["reason"].to_pylist() == [None, "shop_info_copy"]

@@ -14,6 +14,18 @@ DEFAULT_COMMERCIAL_EN = ("coupon", "coupons", "discount", "discounts", "deal", "
 DEFAULT_COMMERCIAL_ZH = ("优惠券", "优惠", "团购", "折扣", "打折", "代金券", "满减", "特价", "秒杀", "促销", "返现",
                          "领券", "红包", "买一送一", "限时", "抢购", "低价", "包邮", "折起", "立减")
 
+# Seen alone in the models' output or common chat filler; none is a search on its own.
+DEFAULT_FILLER_EN = ("go", "ok", "okay", "yes", "no", "so", "the", "a", "an", "and", "or", "it", "this", "that",
+                     "here", "there", "very", "really", "just", "nice", "good", "great", "wow", "lol", "hmm",
+                     "um", "well", "also", "too", "then", "thing", "stuff")
+DEFAULT_FILLER_ZH = ("然后", "就是", "这个", "那个", "这里", "那里", "真的", "非常", "特别", "还是", "可以", "感觉",
+                     "一下", "哈哈", "哈哈哈", "嗯嗯", "好的", "不错", "我们", "他们", "什么", "还有", "而且", "所以",
+                     "因为", "但是", "已经", "一个")
+# Not "for", "to", "in", "on": a finished phrase may end on them ("worth coming back for", "check in").
+DEFAULT_DANGLING_EN = ("and", "or", "the", "a", "an", "of", "with", "near", "at", "from", "than", "but")
+# Only words of two characters: a single 和 or 及 ends real names (义盛和, 埃及).
+DEFAULT_DANGLING_ZH = ("以及", "还有", "或者", "而且", "并且", "但是", "因为", "所以")
+
 
 @dataclass
 class LexicalConfig:
@@ -34,11 +46,28 @@ class LexicalConfig:
                                  "no explanation", "at most 15", "作为用户", "搜索词", "相关搜索", "这篇笔记",
                                  "不要解释", "只输出"])
     max_token_repeats: int = field_help("A token (or CJK chunk) repeated more often than this is garbage.", default=2)
+    max_number_share: float = field_help(
+        "Drop when numbers (with their currency, clock and range marks) and stand-alone punctuation are more "
+        "than this share of a query's units (a Latin word, a number, a punctuation run, two CJK characters).",
+        default=0.5)
+    shop_info_similarity: float = field_help(
+        "Drop when a query is this similar (normalised Indel) to a fact of the shop-info line (a part holding a "
+        "digit: hours, price, rating, street number) or to a run of parts holding one; a clock time or a whole "
+        "fact inside the query drops it too.", default=0.8)
+    filler_words: list[str] = field_help(
+        "Words that are no query on their own (case-insensitive, either language).",
+        default_factory=lambda: list(DEFAULT_FILLER_EN + DEFAULT_FILLER_ZH))
+    dangling_words: list[str] = field_help(
+        "Connectors a finished query cannot end on (Latin words whole; Chinese ones as the last characters).",
+        default_factory=lambda: list(DEFAULT_DANGLING_EN + DEFAULT_DANGLING_ZH))
 
     def __post_init__(self) -> None:
         for key in ("max_words", "max_cjk_chars", "max_chars", "min_chars", "max_token_repeats"):
             require(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         require(self.min_chars <= self.max_chars, "min_chars", "must be <= max_chars")
+        for key in ("max_number_share", "shop_info_similarity"):
+            v = getattr(self, key)
+            require(0.0 < v <= 1.0, key, f"must be in (0, 1], got {v}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from cmaq.config import FiltersConfig
 from cmaq.text import normalize_array
 from filters.chain import shared_chain
 
-PROMPT_COLUMNS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info")
+PROMPT_COLUMNS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
 SPLIT_SALT = "cmaq-content-split-v1"
 
 
