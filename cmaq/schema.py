@@ -63,6 +63,7 @@ _CONTENT_FOR_PROMPTS = [
     pa.field("title", pa.string()),
     pa.field("body", pa.string()),
     pa.field("shop_name", pa.string()),
+    pa.field("district", pa.string()),  # the serving filters tell a district ("T2航站楼") from a shop-info fact
     pa.field("shop_info", pa.string()),
 ]
 

@@ -113,6 +113,15 @@ class FilterChain:
         return ChainResult(out.to_pandas() if as_pandas else out, counts)
 
 
+    def judge(self, items: Sequence[dict], candidates: Sequence[Sequence[str]]) -> pa.Table:
+        """Every candidate of every item through the chain: one output row per candidate, flat in
+        item then candidate order. A field an item lacks counts as empty."""
+        flat = [(item, q) for item, qs in zip(items, candidates) for q in qs]
+        cols = {c: pa.array([str(item.get(c) or "") for item, _ in flat], pa.string())
+                for c in self.required_columns if c != b.QUERY_COLUMN}
+        return self.run(pa.table({**cols, b.QUERY_COLUMN: to_string_array([q for _, q in flat])})).table
+
+
 def _to_table(data) -> pa.Table:
     if isinstance(data, pa.Table):
         return data

@@ -51,10 +51,12 @@ def test_qsa_learns_the_query_style(qsa):
 
 def test_cmaq_loop(qsa, trained_rms, rm_data, tiny_model, tmp_path):
     from training.align import _load_pairs, run_align
+    from training.gate import RewardGate
 
     rms, _, _ = trained_rms
-    base = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=32, k=4,
-                iterations=2, lr=2e-3, batch_size=4, warmup_steps=1, temperature=1.5)
+    # at 1.5 the tiny model writes byte soup that the reward gate (on by default) rejects entirely
+    base = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=48, k=4,
+                iterations=2, lr=2e-3, batch_size=4, warmup_steps=1, temperature=1.0, probe_contents=16, probe_k=2)
     cfg = AlignConfig(out=str(tmp_path / "cmaq"), **base)
     result = run_align(cfg, str(rm_data / "sft"))
     rows = pd.read_parquet(rm_data / "sft").to_dict("records")
@@ -63,7 +65,13 @@ def test_cmaq_loop(qsa, trained_rms, rm_data, tiny_model, tmp_path):
     for t, stats in enumerate(result["iterations"], start=1):
         pairs = pd.read_parquet(out / f"iter-{t}" / "pairs.parquet")
         assert len(pairs) == stats["pairs"] > 0
-        assert (pairs.r_chosen > stats["tau1"]).all() and (pairs.r_rejected < stats["tau2"]).all()
+        # the reward gate: chosen queries pass the serving chain; a rejected one is below τ2 or failed it
+        assert (pairs.r_chosen > stats["tau1"]).all()
+        assert ((pairs.r_rejected < stats["tau2"]) | pairs.rejected_gated).all()
+        gate = stats["gate"]
+        assert gate["candidates"] == stats["candidates"] and sum(gate["reasons"].values()) == gate["failed"]
+        chosen = [items[c] for c in pairs.content_id]
+        assert RewardGate("serving")(chosen, [[q] for q in pairs.chosen]).passed.all()
         assert pairs.beta_tilde.mean() == pytest.approx(1.0, abs=1e-6)
         assert stats["mean_beta_tilde"] == pytest.approx(1.0, abs=1e-6)
     # the reference of iteration t is iteration t-1's policy, not the bare base model
@@ -83,6 +91,14 @@ def test_cmaq_loop(qsa, trained_rms, rm_data, tiny_model, tmp_path):
     assert all(torch.equal(w2[k], v) for k, v in _lora(out / "adapter").items())
     summary = json.loads((out / "metrics.json").read_text())
     assert len(summary["iterations"]) == 2 and summary["iterations"][1]["reference"].endswith("iter-1/adapter")
+    # collapse guards on the same 16 probe notes for QSA and every iteration
+    probes = [summary["probe_qsa"]] + [i["probe"] for i in summary["iterations"]]
+    assert all(p["notes"] == 16 for p in probes) and probes[0]["kl_to_qsa"] == 0.0
+    for p in probes:
+        assert 0 < p["distinct_top1_share"] <= 1 and 0 < p["top_string_share"] <= 1
+        assert 0 <= p["beams_passing"] <= 1
+    assert all(np.isfinite(p["kl_to_qsa"]) for p in probes[1:])
+    assert probes[2]["kl_to_qsa"] != 0.0  # two iterations of training moved the policy
 
 
 def test_ablations(qsa, trained_rms, rm_data, tmp_path):
@@ -92,14 +108,31 @@ def test_ablations(qsa, trained_rms, rm_data, tmp_path):
 
     rms, _, _ = trained_rms
     cfg = AlignConfig(out=str(tmp_path / "abl"), qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"),
-                      contents=24, k=4, iterations=2, lr=2e-3, batch_size=4, warmup_steps=1,
-                      static_beta=True, reuse_first=True, mean="arithmetic")
+                      contents=32, k=4, iterations=2, lr=2e-3, batch_size=4, warmup_steps=1, temperature=1.0,
+                      probe_contents=0, static_beta=True, reuse_first=True, mean="arithmetic")
     run_align(cfg, str(rm_data / "sft"))
     p1 = pd.read_parquet(tmp_path / "abl" / "iter-1" / "pairs.parquet")
     p2 = pd.read_parquet(tmp_path / "abl" / "iter-2" / "pairs.parquet")
     assert (p1.beta_tilde == 1.0).all() and (p2.beta_tilde == 1.0).all()
     assert p1[["content_id", "chosen", "rejected"]].equals(p2[["content_id", "chosen", "rejected"]])
     assert not np.allclose(p1.ref_chosen, p2.ref_chosen, atol=1e-4)  # the reference moved on
+
+
+def test_the_qsa_reference_anchors_every_iteration(qsa, trained_rms, rm_data, tiny_model, tmp_path):
+    """align.reference = "qsa": iteration 2's reference log-probabilities are QSA's, not iteration 1's."""
+    from training.align import _load_pairs, run_align
+
+    rms, _, _ = trained_rms
+    cfg = AlignConfig(out=str(tmp_path / "anchored"), qsa=str(qsa[0]), rm_exp=str(rms / "exp"),
+                      rm_ctr=str(rms / "ctr"), contents=32, k=4, iterations=2, lr=2e-3, batch_size=4,
+                      warmup_steps=1, temperature=1.0, probe_contents=0, reference="qsa")
+    result = run_align(cfg, str(rm_data / "sft"))
+    assert all(i["reference"] == str(qsa[0]) for i in result["iterations"])
+    items = {r["content_id"]: r for r in pd.read_parquet(rm_data / "sft").to_dict("records")}
+    p2 = _load_pairs(tmp_path / "anchored" / "iter-2" / "pairs.parquet", items)
+    np.testing.assert_allclose(_logps(tiny_model, qsa[0], p2, "chosen"), [p["ref_chosen"] for p in p2], atol=1e-4)
+    assert not np.allclose(_logps(tiny_model, tmp_path / "anchored" / "iter-1" / "adapter", p2, "chosen"),
+                           [p["ref_chosen"] for p in p2], atol=1e-3)
 
 
 @pytest.mark.parametrize("lam", [0.0, 0.5])
@@ -198,7 +231,7 @@ def test_baselines(qsa, trained_rms, rm_data, tmp_path):
 
     rms, _, _ = trained_rms
     sets = [f"align.qsa={qsa[0]}", f"align.rm_exp={rms / 'exp'}", f"align.rm_ctr={rms / 'ctr'}", "align.contents=16",
-            "align.k=4", "align.lr=0.002", "align.batch_size=8", "align.warmup_steps=1", "align.baseline_epochs=1"]
+            "align.k=4", "align.temperature=1.0", "align.lr=0.002", "align.batch_size=8", "align.warmup_steps=1", "align.baseline_epochs=1"]
     args = sum([["--set", s] for s in sets], [])
     w0 = _lora(qsa[0])
     for method in ("dpo", "dpo-lw", "dpo-soup", "morl"):
@@ -233,7 +266,7 @@ def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_d
     rms = trained_rms[0]
     settings = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=40, k=4,
                     iterations=2, lr=2e-3, batch_size=2, warmup_steps=1, temperature=1.0, checkpoint_every=2,
-                    seed=3)
+                    seed=3, probe_contents=8, probe_k=2)
     whole = run_align(AlignConfig(out=str(tmp_path / "whole"), **settings), str(rm_data / "sft"))
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cmaq.cli", *[a for k, v in settings.items() for a in ("--set", f"align.{k}={v!r}"

@@ -299,6 +299,11 @@ def test_a_calibrated_ensemble_of_ctr_models(rm_data, tmp_path):
     from training.reward_models.scorer import read_calibration
 
     np.testing.assert_allclose(scores.r_ctr, read_calibration(tmp_path / "ens").apply(scores.r_ctr_raw), atol=1e-9)
+    # r_ctr's spread is that of the members' normalised scores: what align.reward = "lcb" subtracts
+    calibration = read_calibration(tmp_path / "ens")
+    np.testing.assert_allclose(scores.r_ctr_std, np.std([calibration.apply(m) for m in members], axis=0), atol=1e-6)
+    _, low_ctr = scores.lower_bounds(2.0)
+    np.testing.assert_allclose(low_ctr, np.clip(scores.r_ctr - 2.0 * scores.r_ctr_std, 0, 1))
 
     # A rerun (an ensemble run killed after its members) keeps the members trained with these settings ...
     (tmp_path / "ens" / "member-1" / "metrics.json").unlink()     # member 1 "did not finish"

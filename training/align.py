@@ -6,7 +6,9 @@ For t = 1..T, starting from the QSA adapter:
 
 1. sample N contents of D_SFT; the previous policy π_{t−1} samples k queries for each;
 2. both reward models score them; r = r_exp^α · r_ctr^(1−α) (arithmetic mean for w/o CDS);
-3. positives r > τ1, negatives r < τ2; each content with both gives one random pair (y_c, y_l);
+   the reward gate (``align.reward_gate``, :mod:`training.gate`) runs the serving filters on them;
+3. positives r > τ1, negatives r < τ2 (τ over the candidates that pass the gate; one that fails is
+   never a positive and always a negative); each content with both gives one random pair (y_c, y_l);
 4. β̃ = 1 + γ (r_c (1 − r_l) − M), M the mean of r_c (1 − r_l) over the iteration's pairs (β̃ ≡ 1 for
    w/o CT); β = β0 · β̃;
 5. one epoch of loss −log σ(β (Δ(y_c) − Δ(y_l))) − λ log π_θ(y_c|x) / |y_c|,
@@ -18,10 +20,15 @@ reward), and is what this computes.
 Adapter lineage: one LoRA adapter on a fixed base throughout. Iteration t loads the adapter as
 iteration t−1 left it, computes the reference log-probabilities of every pair with it *before* any
 update (stored in ``iter-t/pairs.parquet``), then trains the same adapter further. The reference is
-therefore π_{t−1}, not the bare base model (TRL's default with PEFT).
+therefore π_{t−1}, not the bare base model (TRL's default with PEFT). With ``align.reference = "qsa"``
+the reference is the QSA policy at every iteration instead: the policy may move from where it started
+only as far as the pairs' β allows, however many iterations run.
+
+Rewards: ``align.reward = "lcb"`` trains on each objective's ensemble lower bound, mean − κ·std,
+instead of the mean: candidates the reward models' members disagree on count for less.
 
 Thresholds: with ``tau_mode = "quantile"`` (default), τ1 and τ2 are the 0.7 and 0.3 quantiles of the
-iteration's rewards. The reward models' scales depend on the backbone and on the CTR normalisation,
+iteration's rewards (of the candidates that pass the reward gate). The reward models' scales depend on the backbone and on the CTR normalisation,
 and the policy's rewards rise from one iteration to the next; fixed values would give few pairs at
 first and then nothing to reject. Quantiles keep the share of candidates that qualify stable. The
 absolute mode takes τ1/τ2 as rewards.
@@ -29,6 +36,10 @@ absolute mode takes τ1/τ2 as rewards.
 Iteration 1 samples from QSA, which every run of a study shares: with ``align.first_samples`` its
 queries and both rewards are drawn once into that file and read by every later run with the same
 QSA, seed, N, k and temperature (α, the mean and β do not enter until the pairs are mined).
+
+Collapse guards (:mod:`training.guards`): QSA and each iteration's policy on a fixed probe set of
+training notes — distinct top-1 share, the top string's share, beams passing the serving chain, KL to
+QSA — in ``<out>/probe-qsa.json`` and each iteration's ``summary.json`` (``probe``).
 
 Layout: ``<out>/iter-<t>/{pairs.parquet, adapter/, metrics.json, DONE}``, ``<out>/adapter`` (the final
 policy) and ``<out>/metrics.json``. A killed run resumes at the first unfinished iteration (inside it,
@@ -47,10 +58,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from cmaq.config import AlignConfig, EngineConfig, ModelConfig
+from cmaq.config import AlignConfig, EngineConfig, FiltersConfig, ModelConfig
 from cmaq.engines import base_model_dir
 from cmaq.losses import adaptive_beta
 from cmaq.rewards import combine
+from training.gate import RewardGate
+from training.guards import probe_notes, probe_policy
 from training.loop import train
 from training.policy import load_policy, save_policy
 from training.preference import (encode_pairs, first_iteration_samples, iteration_seed, pair_loss_fn, reference_logps,
@@ -62,24 +75,32 @@ log = logging.getLogger(__name__)
 
 
 def thresholds(rewards: np.ndarray, cfg: AlignConfig) -> tuple[float, float]:
+    """τ1, τ2: the values themselves, or quantiles of ``rewards`` (the candidates that passed the gate)."""
     if cfg.tau_mode == "absolute":
         return cfg.tau1, cfg.tau2
+    if len(rewards) == 0:
+        raise RuntimeError("no sampled candidate passed the serving filters (align.reward_gate); the policy "
+                           "writes nothing servable: check the adapter, or set align.reward_gate=none to see why")
     return float(np.quantile(rewards, cfg.tau1)), float(np.quantile(rewards, cfg.tau2))
 
 
-def mine_pairs(items, candidates, rewards, tau1: float, tau2: float, seed: int) -> list[dict]:
-    """One random positive (r > τ1) and one random negative (r < τ2) per content that has both."""
+def mine_pairs(items, candidates, rewards, tau1: float, tau2: float, seed: int,
+               passed: np.ndarray | None = None) -> list[dict]:
+    """One random positive (r > τ1) and one random negative (r < τ2) per content that has both.
+    ``passed`` (flat like ``rewards``) is the reward gate's verdict: a candidate that failed is never a
+    positive and always a negative, whatever its reward."""
     rng = random.Random(seed)
+    passed = np.ones(len(rewards), bool) if passed is None else passed
     pairs, pos = [], 0
     for item, queries in zip(items, candidates):
-        r = rewards[pos:pos + len(queries)]
+        r, ok = rewards[pos:pos + len(queries)], passed[pos:pos + len(queries)]
         pos += len(queries)
-        good = [i for i, x in enumerate(r) if x > tau1]
-        bad = [i for i, x in enumerate(r) if x < tau2]
+        good = [i for i, x in enumerate(r) if ok[i] and x > tau1]
+        bad = [i for i, x in enumerate(r) if not ok[i] or x < tau2]
         if good and bad:
             c, l = rng.choice(good), rng.choice(bad)
             pairs.append({"item": item, "chosen": queries[c], "rejected": queries[l],
-                          "r_chosen": float(r[c]), "r_rejected": float(r[l])})
+                          "r_chosen": float(r[c]), "r_rejected": float(r[l]), "rejected_gated": not ok[l]})
     return pairs
 
 
@@ -102,6 +123,17 @@ def train_iteration(model, tokenizer, pairs: list[dict], encoded: list[tuple], c
     return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}")
 
 
+def _cached_json(path: Path, compute):
+    """``compute()``'s JSON result, kept in ``path`` so that a resumed run does not redo it."""
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, default=str))
+    tmp.replace(path)  # a run killed while writing leaves no half file to resume from
+    return value
+
+
 def _save_pairs(pairs: list[dict], path: Path) -> None:
     rows = [{"content_id": p["item"]["content_id"], **{k: v for k, v in p.items() if k != "item"}} for p in pairs]
     pd.DataFrame(rows).to_parquet(path, index=False)
@@ -112,11 +144,13 @@ def _load_pairs(path: Path, items_by_id: dict) -> list[dict]:
 
 
 def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
-              engine_cfg: EngineConfig | None = None) -> dict:
+              engine_cfg: EngineConfig | None = None, filters_cfg: FiltersConfig | None = None) -> dict:
     """Run (or resume) T iterations; returns the run's metrics (also in ``<out>/metrics.json``).
     The base model is ``cfg.model_dir``, else ``model_cfg.base_dir``, else the tiny model; the sampler
-    runs with ``engine_cfg``'s settings (the ``[engine]`` section)."""
+    runs with ``engine_cfg``'s settings (the ``[engine]`` section); the reward gate with ``filters_cfg``'s
+    serving chain."""
     engine_cfg = engine_cfg or EngineConfig()
+    gate = RewardGate(cfg.reward_gate, filters_cfg)
     for path, what in ((data, "D_SFT (`cmaq data sft`)"), (cfg.qsa, "the QSA adapter (`cmaq train sft`)"),
                        (cfg.rm_exp, "the expansion RM"), (cfg.rm_ctr, "the CTR RM")):
         if not Path(path).exists():
@@ -135,6 +169,16 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
             engines.append(sampler_engine(cfg, engine_cfg, model_dir))
         return engines[0]
 
+    probe_items = probe_notes(rows, cfg.probe_contents) if cfg.probe_contents else []
+    serving = gate if gate.mode == "serving" else RewardGate("serving", filters_cfg)
+
+    def probe(adapter: str, seed: int) -> dict | None:
+        if not probe_items:
+            return None
+        return probe_policy(engine_of(), serving, probe_items, adapter, str(cfg.qsa), model_dir, tokenizer,
+                            cfg.probe_k, cfg.temperature, seed, cfg.max_prompt_tokens)
+
+    qsa_probe = _cached_json(out / "probe-qsa.json", lambda: probe(str(cfg.qsa), iteration_seed(cfg, 0)))
     summary = []
     previous = str(cfg.qsa)
     for t in range(1, cfg.iterations + 1):
@@ -146,7 +190,8 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
         iter_dir.mkdir(exist_ok=True)
         pairs_path = iter_dir / "pairs.parquet"
         seed = iteration_seed(cfg, t)
-        stats: dict = {"iteration": t, "reference": previous}
+        reference = previous if cfg.reference == "previous" else str(cfg.qsa)
+        stats: dict = {"iteration": t, "reference": reference}
         resumed = pairs_path.exists()  # a killed iteration: same pairs, training resumes from its checkpoint
         if resumed:
             pairs = _load_pairs(pairs_path, items_by_id)
@@ -163,19 +208,24 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
                 items = sample_contents(rows, cfg.contents, seed)
                 candidates, r_exp, r_ctr = scored_samples(engine_of(), scorer, items, cfg, previous, seed)
             rewards = combine(r_exp, r_ctr, cfg.alpha, cfg.mean)
-            tau1, tau2 = thresholds(rewards, cfg)
-            pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed)
-            stats.update(contents=len(items), candidates=int(len(rewards)), tau1=tau1, tau2=tau2,
-                         mean_reward=float(rewards.mean()), mean_r_exp=float(np.nanmean(r_exp)),
+            verdict = gate(items, candidates)
+            tau1, tau2 = thresholds(rewards[verdict.passed], cfg)
+            pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed, verdict.passed)
+            stats.update(contents=len(items), candidates=int(len(rewards)), gate=verdict.summary(), tau1=tau1,
+                         tau2=tau2, mean_reward=float(rewards.mean()), mean_r_exp=float(np.nanmean(r_exp)),
                          mean_r_ctr=float(np.nanmean(r_ctr)))
         if not pairs:
             raise RuntimeError(f"iteration {t}: no content had both a positive and a negative; "
                                f"raise align.k or align.contents, or loosen τ1/τ2")
         encoded = encode_pairs(tokenizer, pairs, cfg.max_prompt_tokens)
-        # π_{t−1}: scores the references before any update, then is trained further as π_t.
+        # π_{t−1}: scores the references before any update (unless the reference is QSA), then is
+        # trained further as π_t.
         model = load_policy(model_dir, previous, trainable=True)
         if not resumed:
-            reference_logps(model, tokenizer, pairs, encoded)
+            if reference == previous:
+                reference_logps(model, tokenizer, pairs, encoded)
+            else:
+                reference_logps(load_policy(model_dir, reference, trainable=False), tokenizer, pairs, encoded)
             with_adaptive_beta(pairs, cfg)
             _save_pairs(pairs, pairs_path)
             (iter_dir / "mining.json").write_text(json.dumps(stats, default=str))
@@ -186,7 +236,7 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
                      mean_r_chosen=float(np.mean([p["r_chosen"] for p in pairs])),
                      mean_r_rejected=float(np.mean([p["r_rejected"] for p in pairs])),
                      loss_first=metrics["loss_first"], loss_last20=metrics["loss_last20"],
-                     loss_curve=metrics["loss_curve"])
+                     loss_curve=metrics["loss_curve"], probe=probe(str(iter_dir / "adapter"), seed))
         (iter_dir / "summary.json").write_text(json.dumps(stats, default=str))
         (iter_dir / "DONE").write_text("ok\n")
         summary.append(stats)
@@ -196,6 +246,6 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
     if (out / "adapter").exists():
         shutil.rmtree(out / "adapter")
     shutil.copytree(previous, out / "adapter")
-    result = {"out": str(out), "adapter": str(out / "adapter"), "iterations": summary}
+    result = {"out": str(out), "adapter": str(out / "adapter"), "probe_qsa": qsa_probe, "iterations": summary}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -10,6 +10,9 @@
     (concatenating the LoRA factors: α·B1A1 + (1−α)·B2A2 = [αB1 | (1−α)B2]·[A1; A2]);
   - ``morl``: reward α·r_exp + (1−α)·r_ctr, highest vs lowest candidate.
 - Zero-shot is the bare base model (no adapter); it needs no training.
+
+The sample-based baselines take CMAQ's ``align.reward_gate``: a candidate the serving filters drop has
+r_exp = r_ctr = 0, so it is never a best and is the worst when it is the lowest (:mod:`training.gate`).
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from cmaq.config import AlignConfig, EngineConfig, ModelConfig
+from cmaq.config import AlignConfig, EngineConfig, FiltersConfig, ModelConfig
 from cmaq.engines import base_model_dir
+from training.gate import RewardGate
 from training.loop import train
 from training.policy import load_policy, save_policy
 from training.preference import encode_pairs, first_iteration_samples, pair_loss_fn, reference_logps, sampler_engine
@@ -36,16 +40,19 @@ METHODS = ("dpo", "dpo-lw", "dpo-soup", "morl")
 
 
 def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path, model_dir: str,
-                         engine_cfg: EngineConfig) -> list[dict]:
+                         engine_cfg: EngineConfig, filters_cfg: FiltersConfig | None = None) -> list[dict]:
     """k QSA queries per content with both rewards, built once and reused by every baseline. They are
     CMAQ's first-iteration samples (same contents, same draws), so the baselines and CMAQ start from
-    the same data; with ``align.first_samples`` set the file is shared with the CMAQ runs."""
+    the same data; with ``align.first_samples`` set the file is shared with the CMAQ runs. A candidate
+    the reward gate drops gets r_exp = r_ctr = 0 (``passed`` False)."""
     items, candidates, r_exp, r_ctr = first_iteration_samples(
         cfg, rows, lambda: sampler_engine(cfg, engine_cfg, model_dir), lambda: RewardScorer(cfg.rm_exp, cfg.rm_ctr),
         Path(cfg.first_samples) if cfg.first_samples else path, engine_cfg)
+    passed = RewardGate(cfg.reward_gate, filters_cfg)(items, candidates).passed
     flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
-    return [{"content_id": it["content_id"], "query": q, "r_exp": float(e), "r_ctr": float(c), "item": it}
-            for (it, q), e, c in zip(flat, r_exp, r_ctr)]
+    return [{"content_id": it["content_id"], "query": q, "r_exp": float(e) if ok else 0.0,
+             "r_ctr": float(c) if ok else 0.0, "passed": bool(ok), "item": it}
+            for (it, q), e, c, ok in zip(flat, r_exp, r_ctr, passed)]
 
 
 def best_vs_worst(prefs: list[dict], key) -> list[dict]:
@@ -111,9 +118,10 @@ def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
 
 
 def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None,
-                 model_cfg: ModelConfig | None = None, engine_cfg: EngineConfig | None = None) -> dict:
-    """Train one baseline from the QSA adapter into ``<align.out>/<method>/adapter``; the base model and
-    the sampler's settings as for :func:`training.align.run_align`."""
+                 model_cfg: ModelConfig | None = None, engine_cfg: EngineConfig | None = None,
+                 filters_cfg: FiltersConfig | None = None) -> dict:
+    """Train one baseline from the QSA adapter into ``<align.out>/<method>/adapter``; the base model, the
+    sampler's settings and the reward gate as for :func:`training.align.run_align`."""
     if method not in METHODS:
         raise ValueError(f"unknown baseline {method!r}: use one of {METHODS}")
     for path in (data, cfg.qsa, cfg.rm_exp, cfg.rm_ctr):
@@ -128,7 +136,7 @@ def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None
         result = train_dpo(cfg, ctr_log_pairs(ctr_pairs, cfg.contents, cfg.seed), target, model_dir)
     else:
         prefs = build_preference_set(cfg, pq.read_table(data).to_pylist(), out / "preferences.parquet", model_dir,
-                                     engine_cfg or EngineConfig())
+                                     engine_cfg or EngineConfig(), filters_cfg)
         exp_pairs = best_vs_worst(prefs, lambda p: p["r_exp"])
         ctr_pairs_ = best_vs_worst(prefs, lambda p: p["r_ctr"])
         a = cfg.alpha

@@ -15,6 +15,7 @@ import logging
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -68,12 +69,31 @@ def sample_queries(engine, items: list[dict], cfg: AlignConfig, adapter: str, se
     return out
 
 
+#: Queries the serving beam search writes per content (the nightly's width).
+BEAM_WIDTH = 5
+
+
+def beam_candidates(engine, items: Sequence[dict], adapter: str | None, batch: int = 32) -> list[list[str]]:
+    """The beam's candidates per item, best first ([] where the engine reported an error)."""
+    out: list[list[str]] = []
+    for start in range(0, len(items), batch):
+        for res in engine.beam(items[start:start + batch], width=BEAM_WIDTH, adapter=adapter):
+            out.append([c.text.strip() for c in res.candidates] if res.ok else [])
+    if len(out) != len(items):
+        raise AssertionError(f"engine returned {len(out)} results for {len(items)} items")
+    return out
+
+
 def scored_samples(engine, scorer, items: list[dict], cfg: AlignConfig, adapter: str, seed: int):
     """k queries per content from the policy and both rewards of each: (candidates, r_exp, r_ctr), the
-    rewards flat in candidate order."""
+    rewards flat in candidate order. With ``align.reward = "lcb"`` each reward is the ensemble's lower
+    bound, mean − κ·std (:meth:`Scores.lower_bounds`)."""
     candidates = sample_queries(engine, items, cfg, adapter, seed)
     flat_items = [it for it, qs in zip(items, candidates) for _ in qs]
     scores = scorer.score(flat_items, [q for qs in candidates for q in qs])
+    if cfg.reward == "lcb":
+        r_exp, r_ctr = scores.lower_bounds(cfg.lcb_kappa)
+        return candidates, r_exp, r_ctr
     return candidates, np.asarray(scores.r_exp), np.asarray(scores.r_ctr)
 
 
@@ -84,10 +104,13 @@ SAMPLING_ENGINE_FIELDS = ("dtype", "max_new_tokens", "seed")
 def first_samples_key(cfg: AlignConfig, engine_cfg: EngineConfig | None = None) -> dict:
     """What makes two runs' first-iteration samples the same (α, the mean, β and τ do not)."""
     engine_cfg = engine_cfg or EngineConfig()
-    return {"qsa": adapter_version(cfg.qsa), "seed": cfg.seed, "contents": cfg.contents, "k": cfg.k,
-            "temperature": cfg.temperature, "max_prompt_tokens": cfg.max_prompt_tokens, "sampler": cfg.sampler,
-            "rm_exp": str(Path(cfg.rm_exp).resolve()), "rm_ctr": str(Path(cfg.rm_ctr).resolve()),
-            "engine": {k: getattr(engine_cfg, k) for k in SAMPLING_ENGINE_FIELDS}}
+    key = {"qsa": adapter_version(cfg.qsa), "seed": cfg.seed, "contents": cfg.contents, "k": cfg.k,
+           "temperature": cfg.temperature, "max_prompt_tokens": cfg.max_prompt_tokens, "sampler": cfg.sampler,
+           "rm_exp": str(Path(cfg.rm_exp).resolve()), "rm_ctr": str(Path(cfg.rm_ctr).resolve()),
+           "engine": {k: getattr(engine_cfg, k) for k in SAMPLING_ENGINE_FIELDS}}
+    if cfg.reward == "lcb":  # the file holds the rewards the runs train on
+        key["reward"] = {"lcb_kappa": cfg.lcb_kappa}
+    return key
 
 
 def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, scorer_of, path: Path | None,

@@ -11,6 +11,8 @@ from cmaq.cli.reproduce import PROFILES, Reproduction
 from cmaq.cli.settings import OPTION_VALUES, BadInput, Settings, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
 from cmaq.engines import base_model_dir, make_engine
+from cmaq.world.oracle import Oracle
+from training.evaluate.gsb import export_sheet, gsb_summary, read_judgements, simulated_judgements
 from training.evaluate.offline import Evaluator, Policy, load_test_items
 from training.evaluate.report import write_evaluation
 from training.evaluate.rm_checks import check_reward_models
@@ -95,6 +97,87 @@ def rms(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ctr: st
         replace(cfg.engine, backend="hf", model_dir=base_model_dir(cfg.model, cfg.sft.model_dir)))
     echo_json(check_reward_models(world, items, rm_exp, rm_ctr, engine, adapter, k=k,
                                   temperature=cfg.align.temperature, seed=cfg.align.seed))
+
+
+@eval_group.group("gsb")
+def gsb_group() -> None:
+    """Figure 6's GSB kit: a blinded side-by-side sheet for judges, a simulated judge, the G/S/B report."""
+
+
+def _gsb_notes(world: str, test_contents: str) -> pd.DataFrame:
+    try:
+        return pd.DataFrame(load_test_items(world, test_contents))
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
+@gsb_group.command("export")
+@click.option("--rows", required=True, type=click.Path(exists=True),
+              help="Evaluation rows: the --out directory of `cmaq eval policies` (one Parquet per policy).")
+@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False), help="World directory.")
+@click.option("--test-contents", required=True, type=click.Path(exists=True), help="Held-out content ids.")
+@click.option("--a", "policy_a", required=True, help="Policy A (a name in the rows, e.g. cmaq-a0.4).")
+@click.option("--b", "policy_b", required=True, help="Policy B, the comparison (e.g. qsa).")
+@click.option("--notes", default=200, show_default=True, type=click.IntRange(1), help="Notes on the sheet.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sample and of the side shuffle.")
+@click.option("--out", required=True, help="Directory for gsb_sheet.csv (for judges) and gsb_key.csv (not for them).")
+def gsb_export(rows: str, world: str, test_contents: str, policy_a: str, policy_b: str, notes: int, seed: int,
+               out: str) -> None:
+    """A category-stratified sample of held-out notes with both policies' served queries, blinded and
+    side-shuffled, as a CSV sheet for judges, and the key that unblinds it."""
+    if policy_a == policy_b:
+        raise BadInput("--a and --b name the same policy")
+    try:
+        sheet, key = export_sheet(pd.read_parquet(rows), _gsb_notes(world, test_contents), policy_a, policy_b,
+                                  notes, seed)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    sheet.to_csv(target / "gsb_sheet.csv", index=False)
+    key.to_csv(target / "gsb_key.csv", index=False)
+    echo_json({"notes": len(sheet), "categories": sheet["category"].value_counts().sort_index().to_dict(),
+               "sheet": str(target / "gsb_sheet.csv"), "key": str(target / "gsb_key.csv")}, ensure_ascii=False)
+
+
+@gsb_group.command("judge")
+@click.option("--world", required=True, type=click.Path(exists=True, file_okay=False), help="World directory.")
+@click.option("--test-contents", required=True, type=click.Path(exists=True), help="Held-out content ids.")
+@click.option("--sheet", required=True, type=click.Path(exists=True, dir_okay=False), help="gsb_sheet.csv.")
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="gsb_key.csv.")
+@click.option("--margin", default=0.1, show_default=True, type=click.FloatRange(0, 1),
+              help="Relative difference of the two true scores below which the judgement is 'same'.")
+@click.option("--out", required=True, help="The filled sheet (CSV).")
+@pass_config
+def gsb_judge(cfg: CmaqConfig, world: str, test_contents: str, sheet: str, key: str, margin: float, out: str) -> None:
+    """A simulated judge from the world's oracle (true_exp^α · true_ctr^(1−α), α = align.alpha): fills the
+    sheet's judgement column so the kit can be tried end to end."""
+    judged = simulated_judgements(pd.read_csv(sheet, keep_default_na=False), pd.read_csv(key),
+                                  _gsb_notes(world, test_contents), Oracle(), cfg.align.alpha, margin)
+    judged.to_csv(out, index=False)
+    echo_json({"judged": len(judged), "out": out, **judged["judgement"].value_counts().to_dict()})
+
+
+@gsb_group.command("import")
+@click.argument("judgements", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", required=True, type=click.Path(exists=True, dir_okay=False), help="gsb_key.csv.")
+@click.option("--a", "policy_a", required=True, help="The policy whose preferred answers count as Good.")
+@pass_config
+def gsb_import(cfg: CmaqConfig, judgements: tuple[str, ...], key: str, policy_a: str) -> None:
+    """Judgement CSVs (the sheet with `judgement` = left / right / same) → Good/Same/Bad rates of A and
+    GSB = (G − B)/(G + S + B) with a bootstrap interval. Malformed rows are listed with their file and
+    line; any makes the exit status 2."""
+    key_frame = pd.read_csv(key)
+    try:
+        found = read_judgements(judgements, key_frame, policy_a)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    others = sorted({p for col in ("left", "right") for p in key_frame[col]} - {policy_a})
+    echo_json(gsb_summary(found, policy_a, ",".join(others), cfg.reproduce.bootstrap, cfg.world.seed))
+    if found.malformed:
+        for line in found.malformed:
+            click.echo(line, err=True)
+        raise BadInput(f"{len(found.malformed)} malformed judgement row(s), listed above; fix them and import again")
 
 
 @click.command("reproduce")

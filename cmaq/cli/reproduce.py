@@ -79,7 +79,7 @@ PROFILES: dict[str, list[str]] = {
             "sft.lr=3e-4", "sft.epochs=2", "sft.batch_size=64", "align.lr=1e-4", "align.batch_size=32",
             "align.warmup_steps=5", "align.temperature=1.0", "align.sampler_batch=64", "engine.hf_batch_size=64"],
     "smoke": ["world.items=400", "world.seed=5", "rm_exp.epochs=0.3", "rm_ctr.epochs=0.2", "rm_ctr.patience=1",
-              "rm_ctr.max_train_examples=400", "rm_exp.max_train_examples=300", "align.contents=48", "align.k=6",
+              "rm_ctr.max_train_examples=400", "rm_exp.max_train_examples=300", "align.contents=48", "align.k=6", "align.probe_contents=16",
               "align.iterations=2", "align.baseline_epochs=1", "reproduce.test_contents=16",
               "reproduce.alphas=[0.4, 0.6]", "reproduce.baseline_alphas=[0.4]", "reproduce.ablation_alphas=[0.4]",
               "reproduce.bootstrap=200", *_TINY_TRAINING],
@@ -130,11 +130,12 @@ class Reproduction:
                        first_samples=str(self.out / "qsa-samples.parquet"), **changes)
 
     def _align(self, align_cfg) -> dict:
-        return run_align(align_cfg, str(self.data / "sft"), model_cfg=self.cfg.model, engine_cfg=self.cfg.engine)
+        return run_align(align_cfg, str(self.data / "sft"), model_cfg=self.cfg.model, engine_cfg=self.cfg.engine,
+                         filters_cfg=self.cfg.filters)
 
     def _baseline(self, align_cfg, method: str, ctr_pairs: str | None = None) -> dict:
         return run_baseline(align_cfg, method, str(self.data / "sft"), ctr_pairs, model_cfg=self.cfg.model,
-                            engine_cfg=self.cfg.engine)
+                            engine_cfg=self.cfg.engine, filters_cfg=self.cfg.filters)
 
     def _timed(self, name: str, fn, done: Path):
         if done.exists():

@@ -69,8 +69,9 @@ def sft(cfg: CmaqConfig, data: str) -> None:
 def align(cfg: CmaqConfig, data: str) -> None:
     """The CMAQ loop from the QSA adapter (align.qsa) with both reward models (align.rm_exp, align.rm_ctr).
     Ablations: --set align.mean=arithmetic (w/o CDS), align.static_beta=true (w/o CT),
-    align.reuse_first=true (w/o OT)."""
-    _echo_training(run_align, cfg.align, data, model_cfg=cfg.model, engine_cfg=cfg.engine,
+    align.reuse_first=true (w/o OT). Candidates the serving filters drop are negatives by rule
+    (align.reward_gate=serving, the default)."""
+    _echo_training(run_align, cfg.align, data, model_cfg=cfg.model, engine_cfg=cfg.engine, filters_cfg=cfg.filters,
                    user_errors=(FileNotFoundError,))
 
 
@@ -83,4 +84,5 @@ def align(cfg: CmaqConfig, data: str) -> None:
 def baseline(cfg: CmaqConfig, method: str, data: str, ctr_pairs: str | None) -> None:
     """A baseline from the QSA adapter (settings in [align]: qsa, rm_exp, rm_ctr, k, contents, alpha, beta0,
     baseline_epochs). Writes <out>/<method>/adapter."""
-    _echo_training(run_baseline, cfg.align, method, data, ctr_pairs, model_cfg=cfg.model, engine_cfg=cfg.engine)
+    _echo_training(run_baseline, cfg.align, method, data, ctr_pairs, model_cfg=cfg.model, engine_cfg=cfg.engine,
+                   filters_cfg=cfg.filters)

@@ -125,6 +125,25 @@ class AlignConfig(PolicyTrainConfig):
         "queries, so they are drawn and scored once, kept here and reused; '' draws them in every run.", default="")
     baseline_epochs: float = field_help("Baselines (`cmaq train baseline`): epochs over their pairs (the method: 3).",
                                         default=3.0)
+    reward: str = field_help(
+        "'mean': each objective's reward is its RM ensemble's mean; 'lcb': the lower confidence bound "
+        "mean − lcb_kappa·std over the ensemble's members (rm_*.members > 1), so the loop does not chase "
+        "scores the members disagree on.", default="mean")
+    lcb_kappa: float = field_help("κ of align.reward = 'lcb' (standard deviations below the mean).", default=1.0)
+    reference: str = field_help(
+        "The DPO reference of iteration t: 'previous' (π_{t−1}, the method) or 'qsa' (the QSA policy every "
+        "iteration, which anchors the policy to its start).", default="previous")
+    probe_contents: int = field_help(
+        "Collapse guards: notes of D_SFT (a fixed probe set, the same for every seed) on which QSA and every "
+        "iteration's policy are beam-searched and sampled (distinct top-1 share, top string share, beams "
+        "passing the serving chain, KL to QSA); 0 turns the guards off. Cost: one beam search and k samples "
+        "per note per iteration.", default=200)
+    probe_k: int = field_help("Collapse guards: samples per probe note for the KL estimate.", default=4)
+    reward_gate: str = field_help(
+        "'serving': every sampled candidate goes through the serving filter chain (filters.serving); one it drops "
+        "is never chosen, may always be rejected, and τ1/τ2 are quantiles over the passing candidates; the "
+        "sample-based baselines give it r_exp = r_ctr = 0. 'none': the reward models' scores alone.",
+        default="serving")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -135,3 +154,9 @@ class AlignConfig(PolicyTrainConfig):
         require(self.tau_mode in ("quantile", "absolute"), "tau_mode", "must be 'quantile' or 'absolute'")
         require(self.tau2 <= self.tau1, "tau2", "must be <= tau1")
         require(self.beta_floor > 0, "beta_floor", "must be > 0")
+        require(self.reward_gate in ("serving", "none"), "reward_gate", "must be 'serving' or 'none'")
+        require(self.reward in ("mean", "lcb"), "reward", "must be 'mean' or 'lcb'")
+        require(self.lcb_kappa >= 0, "lcb_kappa", "must be >= 0")
+        require(self.reference in ("previous", "qsa"), "reference", "must be 'previous' or 'qsa'")
+        require(self.probe_contents >= 0, "probe_contents", "must be >= 0")
+        require(self.probe_k >= 1, "probe_k", "must be >= 1")

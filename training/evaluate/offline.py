@@ -25,11 +25,11 @@ from cmaq.config import EngineConfig, FiltersConfig
 from cmaq.engines import make_engine
 from cmaq.world.oracle import ITEM_COLUMNS, Oracle
 from filters.chain import FilterChain
+from training.preference import beam_candidates
 from training.reward_models.scorer import RewardScorer
 
 #: The online filters of the simulated A/B test (the method's: lexical quality, relevance, harm).
 ONLINE_FILTERS = ("lexical", "relevance", "harm")
-BEAM_WIDTH = 5
 ROW_COLUMNS = ("policy", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr", "true_ctr",
                "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
 
@@ -53,26 +53,12 @@ class Policy:
         return "-".join(parts)
 
 
-def beam_candidates(engine, items: Sequence[dict], adapter: str | None, batch: int = 32) -> list[list[str]]:
-    """The beam's candidates per item, best first ([] where the engine reported an error)."""
-    out: list[list[str]] = []
-    for start in range(0, len(items), batch):
-        for res in engine.beam(items[start:start + batch], width=BEAM_WIDTH, adapter=adapter):
-            out.append([c.text.strip() for c in res.candidates] if res.ok else [])
-    if len(out) != len(items):
-        raise AssertionError(f"engine returned {len(out)} results for {len(items)} items")
-    return out
-
-
 def exposed_queries(chain, items: Sequence[dict], candidates: Sequence[list[str]]) -> list[str | None]:
     """Per item, the first candidate the online filters keep (None when none survives)."""
     flat = [(i, q) for i, qs in enumerate(candidates) for q in qs]
     if not flat:
         return [None] * len(items)
-    cols = {c: [str(items[i].get(c) or "") for i, _ in flat] for c in chain.required_columns if c != "query"}
-    table = pa.table({**{c: pa.array(v, pa.string()) for c, v in cols.items()},
-                      "query": pa.array([q for _, q in flat], pa.string())})
-    kept = chain.run(table).table["keep"].to_pylist()
+    kept = chain.judge(items, candidates)["keep"].to_pylist()
     exposed: list[str | None] = [None] * len(items)
     for (i, q), keep in zip(flat, kept):
         if keep and exposed[i] is None:

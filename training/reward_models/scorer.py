@@ -26,6 +26,14 @@ class Scores:
     r_ctr: np.ndarray      # normalised into [0, 1]
     r_exp_std: np.ndarray | None = None
     r_ctr_raw_std: np.ndarray | None = None
+    r_ctr_std: np.ndarray | None = None  # of the members' normalised scores
+
+    def lower_bounds(self, kappa: float) -> tuple[np.ndarray, np.ndarray]:
+        """(r_exp, r_ctr) lowered by ``kappa`` members' standard deviations, clipped into [0, 1]: what
+        the ensemble is confident of (equal to the means with one member)."""
+        def lcb(mean, std):
+            return np.clip(mean - kappa * (np.zeros_like(mean) if std is None else std), 0.0, 1.0)
+        return lcb(self.r_exp, self.r_exp_std), lcb(self.r_ctr, self.r_ctr_std)
 
 
 def read_calibration(ctr_dir: str | Path) -> Calibration | None:
@@ -67,8 +75,12 @@ class RewardScorer:
         n = len(queries)
         missing = (np.full(n, np.nan), np.full(n, np.nan))
         r_exp, exp_std = self.exp.score_spread(items, queries, self.batch_size) if self.exp else missing
-        raw, raw_std = self.ctr.score_spread(items, queries, self.batch_size) if self.ctr else missing
+        if not self.ctr:
+            return Scores(r_exp=r_exp, r_ctr_raw=missing[0], r_ctr=missing[1], r_exp_std=exp_std,
+                          r_ctr_raw_std=missing[1], r_ctr_std=missing[1])
         groups = [str(it.get("content_id", i)) for i, it in enumerate(items)]
-        r_ctr = (normalise_ctr(raw, self.normalisation, groups, self.calibration) if self.ctr
-                 else np.full(n, np.nan))
-        return Scores(r_exp=r_exp, r_ctr_raw=raw, r_ctr=r_ctr, r_exp_std=exp_std, r_ctr_raw_std=raw_std)
+        members = self.ctr.member_scores(items, queries, self.batch_size)
+        raw = members.mean(axis=0)
+        normalised = [normalise_ctr(m, self.normalisation, groups, self.calibration) for m in members]
+        return Scores(r_exp=r_exp, r_ctr_raw=raw, r_ctr=normalise_ctr(raw, self.normalisation, groups, self.calibration),
+                      r_exp_std=exp_std, r_ctr_raw_std=members.std(axis=0), r_ctr_std=np.std(normalised, axis=0))

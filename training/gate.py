@@ -1,0 +1,59 @@
+"""The reward gate: the policy is rewarded only for what serving can show.
+
+The serving filter chain (``filters.serving``: lexical quality with its machine-junk rules, harm,
+commercial, relevance) judges every sampled candidate before pairs are mined. A candidate it drops is
+a negative by rule: the alignment loop never chooses it and may reject it whatever τ2 is, and τ1/τ2
+are quantiles over the candidates that pass. The sample-based baselines (DPO-LW, DPO-Soup, MORL)
+give it r_exp = r_ctr = 0. Without the gate the loop learns strings its own filters then throw away.
+
+A candidate dropped only as a ``duplicate`` of an earlier candidate of the same content passes: it is
+the same query as one serving would show.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from cmaq.config import FiltersConfig
+from filters.base import DUPLICATE
+from filters.chain import FilterChain
+
+GATE_MODES = ("serving", "none")
+
+
+@dataclass
+class GateVerdict:
+    """The gate's answer for a flat list of candidates (item then candidate order)."""
+
+    passed: np.ndarray               # bool [candidates]
+    reasons: dict[str, int]          # failures by reason code
+
+    def summary(self) -> dict:
+        n, ok = len(self.passed), int(self.passed.sum())
+        return {"candidates": n, "passed": ok, "failed": n - ok, "pass_rate": round(ok / n, 4) if n else None,
+                "reasons": dict(sorted(self.reasons.items()))}
+
+
+class RewardGate:
+    """``mode = "serving"``: the serving chain of ``filters_cfg``; ``"none"``: every candidate passes."""
+
+    def __init__(self, mode: str, filters_cfg: FiltersConfig | None = None):
+        if mode not in GATE_MODES:
+            raise ValueError(f"unknown reward gate {mode!r}: use one of {GATE_MODES}")
+        self.mode = mode
+        self.chain = FilterChain.serving(filters_cfg or FiltersConfig()) if mode == "serving" else None
+
+    def __call__(self, items: Sequence[dict], candidates: Sequence[Sequence[str]]) -> GateVerdict:
+        n = sum(len(qs) for qs in candidates)
+        if self.chain is None or n == 0:
+            return GateVerdict(np.ones(n, bool), {})
+        table = self.chain.judge(items, candidates)
+        reasons = table["reason"].to_pylist()
+        passed = np.array([r is None or r == DUPLICATE for r in reasons], bool)
+        counts: dict[str, int] = {}
+        for r, ok in zip(reasons, passed):
+            if not ok:
+                counts[r] = counts.get(r, 0) + 1
+        return GateVerdict(passed, counts)
