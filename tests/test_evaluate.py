@@ -145,6 +145,8 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     for claim in "abcdef":
         assert f"| ({claim}) |" in report
     assert "oracle code hash" in report and "world seed" in report
+    # the simulated A/B serves as the nightly does: its serving chain and its decoding, recorded
+    assert "lexical, harm, commercial, relevance" in report and "length_penalty 0.0" in report
     assert "## Reward models (held-out notes)" in report and "| swapped-note accuracy |" in report
     assert "own_kind_share" in report and "distinct_top1" in report
     checks = json.loads((root / "work" / "rm-checks.json").read_text())
@@ -165,6 +167,14 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     work = root / "work"
     assert (work / "cmaq-wo-ot-a0.4" / "iter-1" / "pairs.parquet").read_bytes() == \
         (work / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes()
+
+
+def test_the_simulated_ab_refuses_a_decoding_the_nightly_would_not_share():
+    from cmaq.config import EngineConfig
+    from training.evaluate.offline import Evaluator
+
+    with pytest.raises(ValueError, match="length_penalty"):
+        Evaluator("unused", "unused", "unused", [], "unused", engine_cfg=EngineConfig(length_penalty=1.0))
 
 
 def test_reproduction_is_deterministic(smoke_runs):

@@ -13,7 +13,7 @@ from cmaq.config import CmaqConfig
 from cmaq.engines import base_model_dir, make_engine
 from cmaq.world.oracle import Oracle
 from training.evaluate.gsb import export_sheet, gsb_summary, read_judgements, simulated_judgements
-from training.evaluate.offline import Evaluator, Policy, load_test_items
+from training.evaluate.offline import Evaluator, Policy, ab_provenance, load_test_items
 from training.evaluate.report import write_evaluation
 from training.evaluate.rm_checks import check_reward_models
 
@@ -73,7 +73,8 @@ def policies(cfg: CmaqConfig, world: str, test_contents: str, rm_exp: str, rm_ct
     evaluator = Evaluator(base_model_dir(cfg.model, cfg.sft.model_dir), rm_exp, rm_ctr, items, out,
                           engine_cfg=cfg.engine, filters_cfg=cfg.filters)
     rows = pd.concat([evaluator.rows(p) for p in parsed], ignore_index=True)
-    echo_json(write_evaluation(rows, Path(report), {"world": world, "test contents": len(items)},
+    echo_json(write_evaluation(rows, Path(report), {"world": world, "test contents": len(items),
+                                                    **ab_provenance(evaluator)},
                                cfg.reproduce.bootstrap, cfg.world.seed, world=world))
 
 

@@ -41,7 +41,7 @@ from cmaq.world.generate import generate_world
 from cmaq.world.oracle import oracle_code_hash
 from training.align import run_align
 from training.baselines import merge_lora_soup, run_baseline
-from training.evaluate.offline import Evaluator, Policy, load_test_items
+from training.evaluate.offline import Evaluator, Policy, ab_provenance, load_test_items
 from training.evaluate.report import write_evaluation
 from training.evaluate.rm_checks import check_reward_models
 from training.reward_models.train import train_ctr, train_expansion
@@ -288,7 +288,8 @@ class Reproduction:
         self.timings["evaluation"] = round(time.perf_counter() - t0, 1)
         self._save_timings()
         return write_evaluation(pd.concat(frames, ignore_index=True), Path(self.cfg.reproduce.report),
-                                self.provenance(len(items)), self.cfg.reproduce.bootstrap, self.cfg.world.seed,
+                                {**self.provenance(len(items)), **ab_provenance(evaluator)},
+                                self.cfg.reproduce.bootstrap, self.cfg.world.seed,
                                 reward_models=self.reward_model_metrics(), world=self.world)
 
     def reward_model_metrics(self) -> dict:

@@ -44,7 +44,9 @@ class EngineConfig:
         "prefilling it once per beam (same result, a fraction of the prompt compute).", default=True)
     length_penalty: float = field_help(
         "Beam score = sum logprob / length^penalty. vLLM counts prompt + output tokens, transformers only "
-        "output tokens, so only 0 (pure summed log-probability) means the same in both.", default=1.0)
+        "output tokens, so only 0 (pure summed log-probability) means the same in both; the simulated A/B "
+        "(transformers) decodes as the nightly (vLLM) does only at 0, and refuses any other value.",
+        default=0.0)
     gpu_memory_utilization: float = field_help(
         "vLLM memory share. On the CPU build it is the share of the NUMA node's RAM for the KV cache; "
         "0.1-0.2 works on an 8.7 GiB node, 0.05 and the GPU default 0.9 fail.", default=0.15)

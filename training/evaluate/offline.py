@@ -5,9 +5,11 @@ content are judged:
 
 - the **top beam query** (the method's offline metric): both reward models score it (r_exp, r_ctr) and
   the world's oracle gives its true CTR and true expansion;
-- the **exposed query** of the simulated A/B test: the first beam candidate that passes the online
-  filters (lexical quality, relevance, harm). A content whose five candidates all fail shows no
-  suggestion, so its expected CTR is 0 — a method that produces unusable queries pays for it.
+- the **exposed query** of the simulated A/B test: the first beam candidate that passes the nightly's
+  serving chain (``filters.serving``, with its settings), decoded as the nightly decodes
+  (``engine.length_penalty = 0``, where transformers' beams and vLLM's agree). A content whose five
+  candidates all fail shows no suggestion, so its expected CTR is 0 — a method that produces unusable
+  queries pays for it.
 
 One row per (policy, content) comes out, every content exactly once.
 """
@@ -21,15 +23,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cmaq.config import EngineConfig, FiltersConfig
+from cmaq.config import EngineConfig, FiltersConfig, config_hash
 from cmaq.engines import make_engine
 from cmaq.world.oracle import ITEM_COLUMNS, Oracle
 from filters.chain import FilterChain
 from training.preference import beam_candidates
 from training.reward_models.scorer import RewardScorer
 
-#: The online filters of the simulated A/B test (the method's: lexical quality, relevance, harm).
-ONLINE_FILTERS = ("lexical", "relevance", "harm")
+#: Engine settings that decide which beams the nightly serves; the simulated A/B records them.
+DECODING_FIELDS = ("beam_width", "length_penalty", "max_new_tokens", "max_model_len", "dtype")
 ROW_COLUMNS = ("policy", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr", "true_ctr",
                "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
 
@@ -54,7 +56,7 @@ class Policy:
 
 
 def exposed_queries(chain, items: Sequence[dict], candidates: Sequence[list[str]]) -> list[str | None]:
-    """Per item, the first candidate the online filters keep (None when none survives)."""
+    """Per item, the first candidate the serving chain keeps (None when none survives)."""
     flat = [(i, q) for i, qs in enumerate(candidates) for q in qs]
     if not flat:
         return [None] * len(items)
@@ -96,7 +98,7 @@ def evaluate_policy(policy: Policy, items: Sequence[dict], engine, scorer, oracl
 
 
 class Evaluator:
-    """Engine, reward models, oracle and online filters, loaded once for every policy of a run.
+    """Engine, reward models, oracle and the serving chain, loaded once for every policy of a run.
 
     Each policy's rows are cached in ``<out>/<policy>.parquet`` so an interrupted evaluation resumes.
     """
@@ -104,10 +106,20 @@ class Evaluator:
     def __init__(self, model_dir: str, rm_exp: str, rm_ctr: str, items: Sequence[dict], out: str,
                  engine_cfg=None, filters_cfg=None):
         self.items, self.out = list(items), Path(out)
-        # Transformers' engine: the evaluation switches adapters per policy, which vLLM-CPU makes slow.
-        self.engine = make_engine(replace(engine_cfg or EngineConfig(), backend="hf", model_dir=model_dir))
+        engine_cfg, filters_cfg = engine_cfg or EngineConfig(), filters_cfg or FiltersConfig()
+        # Transformers' engine: the evaluation switches adapters per policy, which vLLM-CPU makes slow. Its
+        # beams are the nightly's (vLLM) only where the length penalty means the same in both: at 0.
+        if engine_cfg.length_penalty != 0:
+            raise ValueError(f"engine.length_penalty = {engine_cfg.length_penalty}: the simulated A/B decodes with "
+                             "transformers, which measures length differently from the nightly's vLLM; only 0 "
+                             "decodes the same in both")
+        self.engine = make_engine(replace(engine_cfg, backend="hf", model_dir=model_dir))
         self.scorer, self.oracle = RewardScorer(rm_exp, rm_ctr), Oracle()
-        self.chain = FilterChain(ONLINE_FILTERS, filters_cfg or FiltersConfig())
+        # The nightly's own chain and settings: the A/B exposes what the pool would serve.
+        self.chain = FilterChain.serving(filters_cfg)
+        self.serving = {"filters": list(self.chain.names), "filters_config_hash": config_hash(filters_cfg),
+                        "decoding": {"backend": "hf (as vllm at length_penalty 0)",
+                                     **{k: getattr(engine_cfg, k) for k in DECODING_FIELDS}}}
 
     def rows(self, policy: Policy) -> pd.DataFrame:
         path = self.out / f"{policy.name}.parquet"
@@ -119,6 +131,13 @@ class Evaluator:
         frame.to_parquet(tmp, index=False)
         tmp.replace(path)
         return frame
+
+
+def ab_provenance(evaluator: Evaluator) -> dict:
+    """The report's lines on how the simulated A/B served: the serving chain, its settings' hash, decoding."""
+    d = evaluator.serving
+    return {"A/B serving chain": ", ".join(d["filters"]), "serving filters config hash": d["filters_config_hash"],
+            "A/B decoding": ", ".join(f"{k} {v}" for k, v in d["decoding"].items())}
 
 
 def load_test_items(world: str, test_contents: str, limit: int | None = None) -> list[dict]:

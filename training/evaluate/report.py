@@ -153,7 +153,7 @@ def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: p
               "r_* are the reward models' means, true_* the oracle's; `combined` is r_exp^α·r_ctr^(1−α) at the "
               "policy's α, `combined_gain` its mean paired difference from QSA's at that α (with its bootstrap "
               "standard error); `exposed_ctr` is the oracle's CTR of what the simulated A/B shows (first beam "
-              "candidate passing the online filters, 0 when none does); ΔCTR is relative to QSA with a paired "
+              "candidate passing the nightly's serving chain, 0 when none does); ΔCTR is relative to QSA with a paired "
               "95% bootstrap interval.", ""]
     lines.append(_md_table(summary, ["policy", "r_ctr", "r_exp", "combined", "combined_gain", "combined_gain_se",
                                      "true_ctr", "true_exp", "exposed_ctr", "exposure_rate", "delta_ctr",
