@@ -21,7 +21,10 @@ from cmaq.engines.base import adapter_version
 from jobs.data.common import read_table
 from jobs.pool_tables import named_keys
 
-CONTENT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "shop_info")
+# What the prompt and the serving filters read (the district tells a place from a shop-info fact).
+CONTENT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
+#: Content fields a table may lack; they read as null.
+OPTIONAL_FIELDS = ("district",)
 KEY = ("content_id", "content_hash", "model_version", "adapter_version", "config_hash")
 
 
@@ -83,8 +86,11 @@ def with_content_hash(content: DataFrame) -> DataFrame:
 
 
 def read_content(spark: SparkSession, source: str) -> DataFrame:
-    """The content table with its content_hash, cached (the job reads it several times)."""
-    return with_content_hash(read_table(spark, source)).cache()
+    """The content table with its content_hash, cached (the job reads it several times); an optional
+    field the table lacks is null."""
+    content = read_table(spark, source)
+    missing = {c: F.lit(None).cast("string") for c in OPTIONAL_FIELDS if c not in content.columns}
+    return with_content_hash(content.withColumns(missing) if missing else content).cache()
 
 
 def max_updated_at_ms(content: DataFrame) -> int | None:

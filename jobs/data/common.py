@@ -123,7 +123,10 @@ def aggregate(logs: DataFrame) -> DataFrame:
 
 def with_content(rows: DataFrame, content: DataFrame) -> tuple[DataFrame, DataFrame]:
     """Attach the prompt fields; rows whose content is unknown are set aside."""
-    c = content.select(*PROMPT_COLUMNS).withColumn("_known", F.lit(True))
+    # A table without the optional district reads it as null (it only sharpens the shop-info filter).
+    cols = [F.col(x) if x in content.columns or x != "district" else F.lit(None).cast("string").alias(x)
+            for x in PROMPT_COLUMNS]
+    c = content.select(*cols).withColumn("_known", F.lit(True))
     joined = rows.join(c, "content_id", "left")
     bad = joined.filter(F.col("_known").isNull()).drop("_known", *PROMPT_COLUMNS[1:])
     return joined.filter(F.col("_known")).drop("_known"), _bad(bad, "logs", F.lit("unknown_content"))
