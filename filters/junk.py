@@ -14,8 +14,9 @@ text: the CrossWOZ Beijing restaurant names and dishes, which hold prices ("13�
   verbatim, or a near copy of one fact or of a run of parts holding one.
 - **A lone filler word**: "go", "nice", "然后" — one word from ``filler_words`` and nothing else.
 - **Truncated**: an unclosed bracket, a leading closing bracket, a dangling connector or separator at
-  either end ("things to do near", "烤鸭和"), or a copy of the note's text cut inside a word: "sk the
-  staff about …" where the note says "ask the staff about", "… Lit" where it says "Little".
+  either end ("things to do near", "然后还有"), a number with a leading zero at the start, or a copy of
+  the note's text cut inside a word or a number: "sk the staff about …" where the note says "ask the
+  staff about", "… Lit" where it says "Little", "00元左右，在大钟寺算良心了" where it says "人均100元左右".
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ _INFLECTIONS = ("s", "es", "ed", "er", "ers", "ing", "ly")
 _LATIN_HEAD = re.compile(r"^[a-z]+(?: [a-z]+)?")
 _LATIN_TAIL = re.compile(r"(?:[a-z]+ )?[a-z]+$")
 _LETTERS = re.compile(r"[a-z]*")
+# "00元左右,在大钟寺算良心了", "00-19:00,讲得很清楚": a copy that starts inside a number ("人均100元", "10:00").
+_LEADING_ZERO = re.compile(r"^0\d")
+_DIGIT_HEAD = re.compile(r"^\d+\D{0,3}")
 _MIN_PROBE = 4
 
 
@@ -134,6 +138,11 @@ def _cut_inside_a_word(key: str, note: str) -> bool:
         starts = list(_occurrences(head.group(), note))
         if starts and all(s > 0 and note[s - 1].isalpha() for s in starts):
             return True
+    digits = _DIGIT_HEAD.match(key)
+    if digits and len(digits.group()) >= 2:
+        starts = list(_occurrences(digits.group(), note))
+        if starts and all(s > 0 and note[s - 1].isdigit() for s in starts):
+            return True
     tail = _LATIN_TAIL.search(key)
     if tail and len(tail.group()) >= _MIN_PROBE:
         probe = tail.group()
@@ -149,7 +158,7 @@ def is_truncated(key: str, note: str, dangling: frozenset[str]) -> bool:
     normalised title, body and shop-info line)."""
     if not key:
         return False
-    if key[0] in _BAD_START or key[-1] in _BAD_END or _unbalanced(key):
+    if key[0] in _BAD_START or key[-1] in _BAD_END or _unbalanced(key) or _LEADING_ZERO.match(key):
         return True
     words = key.split()
     if len(words) > 1 and words[-1] in dangling:

@@ -96,7 +96,9 @@ def test_cmaq_loop(qsa, trained_rms, rm_data, tiny_model, tmp_path):
     assert all(p["notes"] == 16 for p in probes) and probes[0]["kl_to_qsa"] == 0.0
     for p in probes:
         assert 0 < p["distinct_top1_share"] <= 1 and 0 < p["top_string_share"] <= 1
-        assert 0 <= p["beams_passing"] <= 1
+        assert 0 <= p["beams_passing"] <= 1 and 0 <= p["exposure_rate"] <= 1 and 0 <= p["lcb_combined"] <= 1
+        assert p["proxy"] == pytest.approx(p["beams_passing"] * p["lcb_combined"] + p["distinct_top1_share"], abs=2e-4)
+    assert summary["select"] == "last" and summary["selected_iteration"] == 2
     assert all(np.isfinite(p["kl_to_qsa"]) for p in probes[1:])
     assert probes[2]["kl_to_qsa"] != 0.0  # two iterations of training moved the policy
 
@@ -125,9 +127,15 @@ def test_the_qsa_reference_anchors_every_iteration(qsa, trained_rms, rm_data, ti
     rms, _, _ = trained_rms
     cfg = AlignConfig(out=str(tmp_path / "anchored"), qsa=str(qsa[0]), rm_exp=str(rms / "exp"),
                       rm_ctr=str(rms / "ctr"), contents=32, k=4, iterations=2, lr=2e-3, batch_size=4,
-                      warmup_steps=1, temperature=1.0, probe_contents=0, reference="qsa")
+                      warmup_steps=1, temperature=1.0, probe_contents=8, probe_k=2, reference="qsa", select="proxy")
     result = run_align(cfg, str(rm_data / "sft"))
     assert all(i["reference"] == str(qsa[0]) for i in result["iterations"])
+    # align.select = "proxy": <out>/adapter is the iteration with the highest probe proxy
+    proxies = [i["probe"]["proxy"] for i in result["iterations"]]
+    chosen = result["selected_iteration"]
+    assert proxies[chosen - 1] == max(proxies) and proxies.index(max(proxies)) == chosen - 1
+    served, picked = _lora(tmp_path / "anchored" / "adapter"), _lora(tmp_path / "anchored" / f"iter-{chosen}" / "adapter")
+    assert all(torch.equal(served[k], picked[k]) for k in picked)
     items = {r["content_id"]: r for r in pd.read_parquet(rm_data / "sft").to_dict("records")}
     p2 = _load_pairs(tmp_path / "anchored" / "iter-2" / "pairs.parquet", items)
     np.testing.assert_allclose(_logps(tiny_model, qsa[0], p2, "chosen"), [p["ref_chosen"] for p in p2], atol=1e-4)

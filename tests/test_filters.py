@@ -83,6 +83,8 @@ CASES = [
     (ZH_ITEM, "毛肚（白纸坊", "truncated"),
     (ZH_ITEM, "毛肚蘸料以及", "truncated"),
     (ZH_ITEM, "、虾滑", "truncated"),
+    (ZH_ITEM, "20元左右毛肚", "truncated"),      # the body says 人均120元左右
+    (ZH_ITEM, "00-21:00毛肚很惊艳", "truncated"),   # starts inside a number
     (EN_ITEM, "jade hotpot coupon", "commercial"),
     (ZH_ITEM, "海底捞团购", "commercial"),
     (EN_ITEM, "beef tripe fuck", "harm"),

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cmaq.config import AlignConfig
-from training.guards import beam_summary, kl_estimate, probe_notes
+from training.align import select_iteration
+from training.guards import beam_summary, exposed_reward, kl_estimate, probe_notes, proxy_value
 from training.preference import first_samples_key, scored_samples
 from training.reward_models.scorer import Scores
 
@@ -70,3 +71,29 @@ def test_anchor_and_reward_settings_are_validated():
     for bad in ({"reference": "base"}, {"reward": "max"}, {"lcb_kappa": -1}, {"probe_contents": -1}):
         with pytest.raises(Exception, match=next(iter(bad))):
             AlignConfig(**bad)
+
+
+def test_the_proxy_scores_exposed_queries_at_their_lower_bound():
+    items = [{"content_id": f"c{i}"} for i in range(3)]
+    beams = [["junk", "good a"], ["junk", "junk"], ["good c"]]
+    passed = np.array([False, True, False, False, True])
+
+    class Scorer:
+        def score(self, its, queries):
+            assert [it["content_id"] for it in its] == ["c0", "c2"] and queries == ["good a", "good c"]
+            return Scores(r_exp=np.array([0.5, 0.9]), r_ctr_raw=np.zeros(2), r_ctr=np.array([0.5, 0.4]),
+                          r_exp_std=np.array([0.1, 0.0]), r_ctr_std=np.array([0.1, 0.0]))
+
+    rate, lcb = exposed_reward(Scorer(), items, beams, passed, alpha=0.5, mean="geometric", kappa=1.0)
+    assert rate == pytest.approx(2 / 3)
+    assert lcb == pytest.approx((0.4 + np.sqrt(0.9 * 0.4)) / 3)  # c1 shows nothing: 0
+    report = {"beams_passing": 0.4, "lcb_combined": 0.5, "distinct_top1_share": 0.3}
+    assert proxy_value(report) == pytest.approx(0.4 * 0.5 + 0.3)
+
+
+def test_select_serves_the_last_or_the_best_proxy_iteration():
+    summary = [{"probe": {"proxy": p}} for p in (0.4, 0.7, 0.7, 0.5)]
+    assert select_iteration(summary, "last") == 4
+    assert select_iteration(summary, "proxy") == 2  # the earliest of equals
+    with pytest.raises(Exception, match="probe"):
+        AlignConfig(select="proxy", probe_contents=0)

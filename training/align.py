@@ -41,7 +41,10 @@ Collapse guards (:mod:`training.guards`): QSA and each iteration's policy on a f
 training notes — distinct top-1 share, the top string's share, beams passing the serving chain, KL to
 QSA — in ``<out>/probe-qsa.json`` and each iteration's ``summary.json`` (``probe``).
 
-Layout: ``<out>/iter-<t>/{pairs.parquet, adapter/, metrics.json, DONE}``, ``<out>/adapter`` (the final
+Serving choice: ``align.select = "last"`` (default) or ``"proxy"``: ``<out>/adapter`` is a copy of the
+iteration with the highest probe proxy (:mod:`training.guards`), recorded as ``selected_iteration``.
+
+Layout: ``<out>/iter-<t>/{pairs.parquet, adapter/, metrics.json, DONE}``, ``<out>/adapter`` (the served
 policy) and ``<out>/metrics.json``. A killed run resumes at the first unfinished iteration (inside it,
 from the training loop's checkpoint, with the same pairs).
 """
@@ -123,6 +126,15 @@ def train_iteration(model, tokenizer, pairs: list[dict], encoded: list[tuple], c
     return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}")
 
 
+def select_iteration(summary: list[dict], how: str) -> int:
+    """The iteration ``<out>/adapter`` serves: the last, or the one with the highest probe proxy
+    (the earliest of equals: it moved least from QSA)."""
+    if how == "last":
+        return len(summary)
+    proxies = [s["probe"]["proxy"] for s in summary]
+    return 1 + int(np.argmax(proxies))
+
+
 def _cached_json(path: Path, compute):
     """``compute()``'s JSON result, kept in ``path`` so that a resumed run does not redo it."""
     if path.exists():
@@ -175,8 +187,8 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
     def probe(adapter: str, seed: int) -> dict | None:
         if not probe_items:
             return None
-        return probe_policy(engine_of(), serving, probe_items, adapter, str(cfg.qsa), model_dir, tokenizer,
-                            cfg.probe_k, cfg.temperature, seed, cfg.max_prompt_tokens)
+        return probe_policy(engine_of(), serving, scorer, probe_items, adapter, str(cfg.qsa), model_dir, tokenizer,
+                            cfg, seed)
 
     qsa_probe = _cached_json(out / "probe-qsa.json", lambda: probe(str(cfg.qsa), iteration_seed(cfg, 0)))
     summary = []
@@ -243,9 +255,12 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
         previous = str(iter_dir / "adapter")
         log.info("iteration %d: %d pairs, mean beta~ %.3f, loss %.4f", t, len(pairs), stats["mean_beta_tilde"],
                  stats["loss_last20"])
+    chosen = select_iteration(summary, cfg.select)
+    served = previous if chosen == len(summary) else str(out / f"iter-{chosen}" / "adapter")
     if (out / "adapter").exists():
         shutil.rmtree(out / "adapter")
-    shutil.copytree(previous, out / "adapter")
-    result = {"out": str(out), "adapter": str(out / "adapter"), "probe_qsa": qsa_probe, "iterations": summary}
+    shutil.copytree(served, out / "adapter")
+    result = {"out": str(out), "adapter": str(out / "adapter"), "select": cfg.select, "selected_iteration": chosen,
+              "selected_from": served, "probe_qsa": qsa_probe, "iterations": summary}
     (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
     return result

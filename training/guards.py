@@ -13,6 +13,15 @@ For each policy it reports
   y ~ π(·|x) of log π(y|x) − log π_QSA(y|x). The samples' text is re-tokenised as the loss tokenises
   answers, so the estimate can be slightly off where a sample's tokens were not the canonical ones.
 
+and the **proxy** that chooses which iteration to serve (``align.select = "proxy"``) from what a
+platform has, fixed before any oracle-space evaluation:
+
+    proxy = beams_passing × lcb_combined + distinct_top1_share
+
+where ``lcb_combined`` is the mean over probe notes of the combined reward r_exp^α·r_ctr^(1−α) of the
+note's exposed query (its first beam that passes the serving chain; 0 when none does), each objective
+taken at its ensemble lower bound mean − κ·std (``align.lcb_kappa``; the mean with one member).
+
 Nothing here reads the oracle: a platform has all of it.
 """
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cmaq.rewards import combine
 from training.gate import RewardGate
 from training.policy import encode, load_policy, sequence_logps
 from training.preference import beam_candidates, sample_contents
@@ -64,11 +74,43 @@ def kl_estimate(policy, reference, tokenizer, items: Sequence[dict], samples: Se
     return round(float(np.concatenate(diffs).mean()), 4)
 
 
-def probe_policy(engine, gate: RewardGate, items: Sequence[dict], adapter: str, qsa: str, model_dir: str,
-                 tokenizer, k: int, temperature: float, seed: int, max_prompt_tokens: int) -> dict:
-    """The collapse figures of ``adapter`` on the probe ``items``; the KL term is 0 for QSA itself."""
+def exposed_reward(scorer, items: Sequence[dict], beams: Sequence[Sequence[str]], passed: np.ndarray,
+                   alpha: float, mean: str, kappa: float) -> tuple[float, float]:
+    """(share of notes with an exposed query, mean lower-bound combined reward of the exposed queries
+    over all notes, 0 where none is exposed)."""
+    exposed, pos = [], 0
+    for i, qs in enumerate(beams):
+        ok = passed[pos:pos + len(qs)]
+        pos += len(qs)
+        first = next((q for q, good in zip(qs, ok) if good), None)
+        if first is not None:
+            exposed.append((i, first))
+    if not items:
+        return 0.0, 0.0
+    total = np.zeros(len(items))
+    if exposed:
+        scores = scorer.score([items[i] for i, _ in exposed], [q for _, q in exposed])
+        total[[i for i, _ in exposed]] = combine(*scores.lower_bounds(kappa), alpha, mean)
+    return len(exposed) / len(items), float(total.mean())
+
+
+def proxy_value(report: dict) -> float:
+    """The iteration-choice proxy of one probe report (see the module's docstring)."""
+    return round(report["beams_passing"] * report["lcb_combined"] + report["distinct_top1_share"], 4)
+
+
+def probe_policy(engine, gate: RewardGate, scorer, items: Sequence[dict], adapter: str, qsa: str, model_dir: str,
+                 tokenizer, cfg, seed: int) -> dict:
+    """The collapse figures and the proxy of ``adapter`` on the probe ``items`` (``cfg``: the
+    ``[align]`` settings: k and temperature of the KL samples, α, the mean, κ); the KL term is 0 for
+    QSA itself."""
     beams = beam_candidates(engine, items, adapter)
-    report = beam_summary(beams, gate(items, beams).passed)
+    passed = gate(items, beams).passed
+    report = beam_summary(beams, passed)
+    report["exposure_rate"], report["lcb_combined"] = (
+        round(x, 4) for x in exposed_reward(scorer, items, beams, passed, cfg.alpha, cfg.mean, cfg.lcb_kappa))
+    report["proxy"] = proxy_value(report)
+    k, temperature, max_prompt_tokens = cfg.probe_k, cfg.temperature, cfg.max_prompt_tokens
     if str(adapter) == str(qsa):
         return {**report, "kl_to_qsa": 0.0}
     results = engine.sample(list(items), k=k, temperature=temperature, seed=seed, adapter=adapter)

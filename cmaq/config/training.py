@@ -139,6 +139,10 @@ class AlignConfig(PolicyTrainConfig):
         "passing the serving chain, KL to QSA); 0 turns the guards off. Cost: one beam search and k samples "
         "per note per iteration.", default=200)
     probe_k: int = field_help("Collapse guards: samples per probe note for the KL estimate.", default=4)
+    select: str = field_help(
+        "Which iteration <out>/adapter serves: 'last', or 'proxy' (the highest probe proxy: beams passing × "
+        "lower-bound combined reward of the exposed queries + distinct top-1 share; needs probe_contents).",
+        default="last")
     reward_gate: str = field_help(
         "'serving': every sampled candidate goes through the serving filter chain (filters.serving); one it drops "
         "is never chosen, may always be rejected, and τ1/τ2 are quantiles over the passing candidates; the "
@@ -160,3 +164,6 @@ class AlignConfig(PolicyTrainConfig):
         require(self.reference in ("previous", "qsa"), "reference", "must be 'previous' or 'qsa'")
         require(self.probe_contents >= 0, "probe_contents", "must be >= 0")
         require(self.probe_k >= 1, "probe_k", "must be >= 1")
+        require(self.select in ("last", "proxy"), "select", "must be 'last' or 'proxy'")
+        require(self.select == "last" or self.probe_contents > 0, "select",
+                "'proxy' needs the probe set (align.probe_contents > 0)")
