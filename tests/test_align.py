@@ -272,10 +272,13 @@ def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_d
     from training.align import run_align
 
     rms = trained_rms[0]
-    settings = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=40, k=4,
+    # 96 contents: the reward gate passes about one tiny-model sample in ten, and iteration 2 needs
+    # several steps of pairs for the kill to land inside it
+    settings = dict(qsa=str(qsa[0]), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=96, k=4,
                     iterations=2, lr=2e-3, batch_size=2, warmup_steps=1, temperature=1.0, checkpoint_every=2,
                     seed=3, probe_contents=8, probe_k=2)
     whole = run_align(AlignConfig(out=str(tmp_path / "whole"), **settings), str(rm_data / "sft"))
+    assert whole["iterations"][1]["pairs"] >= 6, whole["iterations"][1]["pairs"]  # >= 3 steps of batch 2
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cmaq.cli", *[a for k, v in settings.items() for a in ("--set", f"align.{k}={v!r}"
                                                                                           if isinstance(v, str) else
@@ -286,6 +289,7 @@ def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_d
     deadline = time.time() + 600
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before iteration 2's first checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert (killed / "iter-1" / "DONE").exists() and not (killed / "iter-2" / "DONE").exists(), \
