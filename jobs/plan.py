@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 from cmaq import prompts
 from cmaq.artifacts import dir_hash
 from cmaq.config import CmaqConfig, EngineConfig, config_hash
+from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import base_model_dir
 from cmaq.engines.base import adapter_version
 from jobs.data.common import read_table
@@ -35,8 +36,7 @@ def serving_config_hash(cfg: CmaqConfig) -> str:
     """Hash of every setting that changes the pool's rows: prompts (code version), decoding
     (engine settings except placement), filters (serving chain and each filter's settings)."""
     e = cfg.engine
-    decoding = {k: getattr(e, k) for k in ("max_model_len", "max_new_tokens", "beam_width", "length_penalty",
-                                            "dtype")}
+    decoding = {k: getattr(e, k) for k in DECODING_FIELDS}
     blob = {"prompt": prompts.GEN_INSTRUCTION, "decoding": decoding,
             "filters": {"serving": cfg.filters.serving, **{n: asdict(getattr(cfg.filters, n))
                                                               for n in cfg.filters.serving}}}

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from cmaq.config.loader import field_help, require
 
+#: The engine settings that decide which beams are served (the rest place or batch the work): the
+#: nightly's config hash covers them and the simulated A/B records them.
+DECODING_FIELDS = ("max_model_len", "max_new_tokens", "beam_width", "length_penalty", "dtype")
+
 
 @dataclass
 class ModelConfig:

@@ -24,14 +24,13 @@ import pandas as pd
 import pyarrow as pa
 
 from cmaq.config import EngineConfig, FiltersConfig, config_hash
+from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import make_engine
 from cmaq.world.oracle import ITEM_COLUMNS, Oracle
 from filters.chain import FilterChain
 from training.preference import beam_candidates
 from training.reward_models.scorer import RewardScorer
 
-#: Engine settings that decide which beams the nightly serves; the simulated A/B records them.
-DECODING_FIELDS = ("beam_width", "length_penalty", "max_new_tokens", "max_model_len", "dtype")
 ROW_COLUMNS = ("policy", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr", "true_ctr",
                "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
 
