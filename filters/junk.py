@@ -39,7 +39,7 @@ _INFO_SPLIT = re.compile(r"\s*[·|｜;；\n]\s*")
 _OPENERS, _CLOSERS = "([{（【「『《", ")]}）】」』》"
 _PAIRS = dict(zip(_OPENERS, _CLOSERS))
 # A query cannot end on a separator or an opener, nor start with a closer or separator.
-_BAD_END = set("-–—/\\,，、:：;；&+·|" + _OPENERS)
+_BAD_END = set("-–—/\\,，、:：;；&·|" + _OPENERS)
 _BAD_START = set(",，、:：;；&·|%" + _CLOSERS)
 # Inflections that turn a stem into another word; a copy that stops before them is not cut.
 _INFLECTIONS = ("s", "es", "ed", "er", "ers", "ing", "ly")
@@ -47,7 +47,7 @@ _LATIN_HEAD = re.compile(r"^[a-z]+(?: [a-z]+)?")
 _LATIN_TAIL = re.compile(r"(?:[a-z]+ )?[a-z]+$")
 _LETTERS = re.compile(r"[a-z]*")
 # "00元左右,在大钟寺算良心了", "00-19:00,讲得很清楚": a copy that starts inside a number ("人均100元", "10:00").
-_LEADING_ZERO = re.compile(r"^0\d")
+_LEADING_ZERO = re.compile(r"^0\d*[元块:：\-–.,，%]")  # not "00后" or "007"
 _DIGIT_HEAD = re.compile(r"^\d+\D{0,3}")
 _MIN_PROBE = 4
 
@@ -136,7 +136,7 @@ def _cut_inside_a_word(key: str, note: str) -> bool:
     head = _LATIN_HEAD.match(key)
     if head and len(head.group()) >= _MIN_PROBE:
         starts = list(_occurrences(head.group(), note))
-        if starts and all(s > 0 and note[s - 1].isalpha() for s in starts):
+        if starts and all(s > 0 and note[s - 1].isascii() and note[s - 1].isalpha() for s in starts):
             return True
     digits = _DIGIT_HEAD.match(key)
     if digits and len(digits.group()) >= 2:

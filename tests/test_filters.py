@@ -267,7 +267,8 @@ JUNK_REASONS = {"decoding_debris", "mostly_numbers", "shop_info_copy", "filler_w
 NEAR_MISSES = [(EN_ITEM, q) for q in ("24 hour hotpot", "opening hours", "how to book", "Riverside", "lamb slices",
                                       "beef tripe", "worth coming back for", "hotpot rating", "price per person",
                                       "hotpot near Riverside", "Jade Hotpot (Riverside)", "the lamb")] + \
-              [(ZH_ITEM, q) for q in ("营业时间", "人均", "24小时火锅", "白纸坊附近", "13元刀削面", "杏仁er豆腐", "义盛和",
+              [(EN_ITEM, q) for q in ("vitamin a drinks", "disney+ hotpot night", "007 hotpot")] + \
+              [(ZH_ITEM, q) for q in ("营业时间", "人均", "24小时火锅", "白纸坊附近", "13元刀削面", "杏仁er豆腐", "义盛和", "00后火锅",
                                       "评分高的火锅", "5+牛眼", "毛肚和虾滑", "海底捞火锅(白纸坊店)")]
 
 

@@ -25,6 +25,9 @@ def test_the_serving_chain_judges_every_candidate_and_counts_reasons():
     s = verdict.summary()
     assert (s["candidates"], s["passed"], s["failed"]) == (7, 3, 4)
     assert RewardGate("none")([EN], [["go", "00:00"]]).passed.tolist() == [True, True]
+    # a duplicate takes its first copy's verdict, also when a later filter drops that copy
+    twins = gate([EN], [["beef tripe coupon", "Beef tripe coupon", "lamb slices", "Lamb slices"]])
+    assert twins.passed.tolist() == [False, False, True, True]
     with pytest.raises(ValueError, match="reward gate"):
         RewardGate("strict")
     with pytest.raises(Exception, match="reward_gate"):

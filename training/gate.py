@@ -6,13 +6,15 @@ a negative by rule: the alignment loop never chooses it and may reject it whatev
 are quantiles over the candidates that pass. The sample-based baselines (DPO-LW, DPO-Soup, MORL)
 give it r_exp = r_ctr = 0. Without the gate the loop learns strings its own filters then throw away.
 
-A candidate dropped only as a ``duplicate`` of an earlier candidate of the same content passes: it is
-the same query as one serving would show.
+A candidate dropped as a ``duplicate`` of an earlier candidate of the same content takes that
+candidate's verdict: it is the same query.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
+
+import re
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from filters.base import DUPLICATE
 from filters.chain import FilterChain
 
 GATE_MODES = ("serving", "none")
+_NON_WORD = re.compile(r"[\W_]+")  # duplicates ignore case, spaces and punctuation, as the lexical filter does
 
 
 @dataclass
@@ -51,7 +54,13 @@ class RewardGate:
             return GateVerdict(np.ones(n, bool), {})
         table = self.chain.judge(items, candidates)
         reasons = table["reason"].to_pylist()
-        passed = np.array([r is None or r == DUPLICATE for r in reasons], bool)
+        # A duplicate is judged before the later filters see its first copy: it takes that copy's verdict.
+        first: dict[tuple, bool] = {}
+        passed = np.zeros(len(reasons), bool)
+        for i, (cid, q, r) in enumerate(zip(table["content_id"].to_pylist(), table["query_clean"].to_pylist(), reasons)):
+            twin = (cid, _NON_WORD.sub("", q.lower()))
+            passed[i] = first.get(twin, False) if r == DUPLICATE else r is None
+            first.setdefault(twin, bool(passed[i]))
         counts: dict[str, int] = {}
         for r, ok in zip(reasons, passed):
             if not ok:

@@ -22,7 +22,8 @@ DEFAULT_FILLER_ZH = ("然后", "就是", "这个", "那个", "这里", "那里",
                      "一下", "哈哈", "哈哈哈", "嗯嗯", "好的", "不错", "我们", "他们", "什么", "还有", "而且", "所以",
                      "因为", "但是", "已经", "一个")
 # Not "for", "to", "in", "on": a finished phrase may end on them ("worth coming back for", "check in").
-DEFAULT_DANGLING_EN = ("and", "or", "the", "a", "an", "of", "with", "near", "at", "from", "than", "but")
+# Nor "a" or "of" ("vitamin a", "best of").
+DEFAULT_DANGLING_EN = ("and", "or", "the", "an", "with", "near", "at", "from", "than", "but")
 # Only words of two characters: a single 和 or 及 ends real names (义盛和, 埃及).
 DEFAULT_DANGLING_ZH = ("以及", "还有", "或者", "而且", "并且", "但是", "因为", "所以")
 
