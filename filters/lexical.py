@@ -44,6 +44,12 @@ _NON_WORD = re.compile(r"[\W_]+")
 _CJK_RUN_REPEAT = r"([\u3400-\u9fff\U00020000-\U0002fa1f]{1,4})\1{%d,}"
 
 
+def duplicate_key(key: str) -> str:
+    """What two candidates of one item share when one is a duplicate of the other (``key``: the
+    case-folded cleaned query)."""
+    return _NON_WORD.sub("", key)
+
+
 class LexicalFilter:
     """Normalisation plus: empty, length (words, or CJK characters), no letters, control characters,
     decoding debris, URL, e-mail, phone number, markup, instruction echo, repeated tokens, and the
@@ -176,7 +182,7 @@ class LexicalFilter:
         seen: set[tuple[str, str]] = set()
         ids = batch.column("content_id")
         for i in np.flatnonzero(pending):
-            k = (ids[i], _NON_WORD.sub("", batch.key[i]))
+            k = (ids[i], duplicate_key(batch.key[i]))
             if k in seen:
                 reasons[i] = b.DUPLICATE
             else:

@@ -14,16 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-import re
-
 import numpy as np
 
 from cmaq.config import FiltersConfig
 from filters.base import DUPLICATE
 from filters.chain import FilterChain
+from filters.lexical import duplicate_key
 
 GATE_MODES = ("serving", "none")
-_NON_WORD = re.compile(r"[\W_]+")  # duplicates ignore case, spaces and punctuation, as the lexical filter does
 
 
 @dataclass
@@ -58,7 +56,7 @@ class RewardGate:
         first: dict[tuple, bool] = {}
         passed = np.zeros(len(reasons), bool)
         for i, (cid, q, r) in enumerate(zip(table["content_id"].to_pylist(), table["query_clean"].to_pylist(), reasons)):
-            twin = (cid, _NON_WORD.sub("", q.lower()))
+            twin = (cid, duplicate_key(q.lower()))
             passed[i] = first.get(twin, False) if r == DUPLICATE else r is None
             first.setdefault(twin, bool(passed[i]))
         counts: dict[str, int] = {}
