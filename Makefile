@@ -18,14 +18,15 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_LOGGING_LEVEL ?= WARNING
 
-.PHONY: install demo test bench dist clean help model reproduce reproduce-gpu-data reproduce-gpu
+.PHONY: install demo test bench dist clean help model reproduce reproduce-full reproduce-gpu-data reproduce-gpu
 
 help:
 	@echo "make demo   - install into $(VENV), then run the main job on embedded defaults"
 	@echo "make test   - install into $(VENV), then run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints JSON figures)"
 	@echo "make model  - rebuild the committed task model (cmaq/data/task-model) from its recipe (~30 min, 2 cores)"
-	@echo "make reproduce - the whole chain on a world, then reports/reproduction.md (CPU, <= 90 min on 2 cores)"
+	@echo "make reproduce - the headline protocol (QSA, DPO, MORL, CMAQ a=0.4, 3 seeds), then reports/reproduction.md (CPU)"
+	@echo "make reproduce-full - and the a grids, DPO-LW, DPO-Soup, ablations, Figure 7: reports/full/ (hours)"
 	@echo "make reproduce-gpu-data - prepare the GPU profile's world and training data here (Spark)"
 	@echo "make reproduce-gpu - the GPU profile's training and evaluation (system python3 with torch)"
 	@echo "make dist   - build the wheel and a venv-pack archive for spark-submit --archives"
@@ -66,6 +67,10 @@ model: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/cmaq reproduce --profile cpu --out $(REPRODUCE_DIR) --report $(REPORT_DIR)
+
+# The full protocol contains the headline: in the same working directory it resumes from make reproduce.
+reproduce-full: $(STAMP)
+	$(BIN)/cmaq reproduce --profile cpu-full --out $(REPRODUCE_DIR) --report $(REPORT_DIR)/full
 
 # The GPU machine has torch, transformers and peft but neither Spark nor a way to install: the world
 # and its training data are built here, travel with the tree, and the rest runs there on python3.

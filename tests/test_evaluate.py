@@ -138,17 +138,23 @@ def smoke_runs(tmp_path_factory, small_world, rm_data, trained_rms, spark):
 def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     root, result, messages, cfg = smoke_runs[0]
     tables = root / "reports" / "reproduction"
-    for name in ("summary.csv", "summary.json", "hypervolume.csv", "claims.json", "reward_hacking.csv",
-                 "fronts_rm.png", "fronts_oracle.png", "cmaq_iterations.png"):
+    for name in ("summary.csv", "summary.json", "summary_by_seed.csv", "hypervolume.csv", "claims.json",
+                 "reward_hacking.csv", "top1.csv", "proxy_points.csv", "note_blindness.csv", "fixed.json",
+                 "runs.jsonl", "fronts_rm.png", "fronts_oracle.png", "cmaq_iterations.png", "figure7_rm.png",
+                 "figure7_oracle.png"):
         assert (tables / name).stat().st_size > 0, name
     report = (root / "reports" / "reproduction.md").read_text()
     for claim in "abcdef":
         assert f"| ({claim}) |" in report
-    assert "oracle code hash" in report and "world seed" in report
+    for check in ("ab", "collapse", "proxy", "hypervolume", "hacking"):
+        assert f"| ({check}) |" in report
+    assert set(result["checks"]) == {"ab", "collapse", "proxy", "hypervolume", "hacking"}
+    assert "oracle code hash" in report and "world seed" in report and "training seeds" in report
     # the simulated A/B serves as the nightly does: its serving chain and its decoding, recorded
     assert "lexical, harm, commercial, relevance" in report and "length_penalty 0.0" in report
     assert "## Reward models (held-out notes)" in report and "| swapped-note accuracy |" in report
-    assert "own_kind_share" in report and "distinct_top1" in report
+    assert "own_kind_share" in report and "distinct_top1_share" in report
+    assert "## Every evaluated run" in report and "## The proxy's choices in hindsight" in report
     checks = json.loads((root / "work" / "rm-checks.json").read_text())
     assert checks["swapped_note"]["ctr"]["pairs"] > 0 and checks["note_blindness"]["samples"] > 0
     for name in ("rm-exp", "rm-ctr"):
@@ -159,14 +165,35 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     per_policy = rows.groupby("policy")["content_id"].agg(["count", "nunique"])
     assert (per_policy["count"] == cfg.reproduce.test_contents).all()
     assert (per_policy["nunique"] == cfg.reproduce.test_contents).all()
-    expected = {"zero-shot", "qsa", "dpo", "cmaq-a0.4-it1", "cmaq-a0.4-it2", "cmaq-a0.6-it2", "dpo-soup-a0.6",
-                "dpo-lw-a0.4", "morl-a0.4", "cmaq-wo-ot-a0.4", "cmaq-wo-cds-a0.4", "cmaq-wo-ct-a0.4"}
+    # the headline for both seeds; the full protocol's additions on the first only
+    expected = {"zero-shot", "qsa", "dpo-s0", "dpo-s1", "morl-a0.4-s0", "morl-a0.4-s1", "cmaq-a0.4-it1-s0",
+                "cmaq-a0.4-it2-s1", "cmaq-a0.4-proxy-s0", "cmaq-a0.4-proxy-s1", "cmaq-a0.6-it2-s0",
+                "dpo-soup-a0.6-s0", "dpo-lw-a0.4-s0", "cmaq-wo-ot-a0.4-s0", "cmaq-wo-cds-a0.4-s0",
+                "cmaq-wo-ct-a0.4-s0", "cmaq-k6-g0.5-a0.4-s0", "cmaq-k6-g0.2-a0.4-s0"}
     assert expected <= set(per_policy.index)
+    assert not {"cmaq-a0.6-it2-s1", "dpo-lw-a0.4-s1"} & set(per_policy.index)
+    work = root / "work"
+    # each seed chose its served iteration with the proxy, and the proxy arm serves exactly those rows
+    for seed in (0, 1):
+        chosen = json.loads((work / f"seed-{seed}" / "cmaq-a0.4" / "metrics.json").read_text())["selected_iteration"]
+        proxy = rows[rows["policy"] == f"cmaq-a0.4-proxy-s{seed}"].set_index("content_id")["query"]
+        served = rows[rows["policy"] == f"cmaq-a0.4-it{chosen}-s{seed}"].set_index("content_id")["query"]
+        assert proxy.equals(served)
+    arms = pd.read_csv(tables / "summary.csv").set_index("policy")
+    assert arms.loc["cmaq-a0.4-proxy", "seeds"] == 2 and arms.loc["cmaq-a0.6-it2", "seeds"] == 1
+    # Figure 7's point at the run's own k and γ is CMAQ's run, not a second one
+    assert not (work / "seed-0" / "figure7" / "cmaq-k6-g0.2-a0.4").exists()
+    assert (work / "seed-0" / "figure7" / "cmaq-k6-g0.5-a0.4" / "metrics.json").exists()
     # w/o OT shares CMAQ's first iteration instead of recomputing it
     assert any("cmaq-wo-ot" in m for m in messages)
-    work = root / "work"
-    assert (work / "cmaq-wo-ot-a0.4" / "iter-1" / "pairs.parquet").read_bytes() == \
-        (work / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes()
+    assert (work / "seed-0" / "cmaq-wo-ot-a0.4" / "iter-1" / "pairs.parquet").read_bytes() == \
+        (work / "seed-0" / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes()
+    # the seeds differ: their first iterations sampled other contents
+    assert (work / "seed-0" / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes() != \
+        (work / "seed-1" / "cmaq-a0.4" / "iter-1" / "pairs.parquet").read_bytes()
+    registry = [json.loads(line) for line in (tables / "runs.jsonl").read_text().splitlines()]
+    assert len(registry) == 1 and registry[0]["differs_from_fixed"] == []
+    assert registry[0]["settings"]["seeds"] == [0, 1]
 
 
 def test_the_simulated_ab_refuses_a_decoding_the_nightly_would_not_share():
@@ -207,7 +234,7 @@ def test_eval_cli_evaluates_named_policies(smoke_runs, small_world, rm_data, tra
             "--rm-exp", str(rms / "exp"), "--rm-ctr", str(rms / "ctr"), "--limit", "6",
             "--out", str(tmp_path / "rows"), "--report", str(tmp_path / "report")]
     ok = CliRunner().invoke(main, [*args, "--policy", f"qsa={work / 'qsa' / 'adapter'}",
-                                   "--policy", f"cmaq@0.4@2={work / 'cmaq-a0.4' / 'adapter'}", "--policy", "zero-shot="])
+                                   "--policy", f"cmaq@0.4@2={work / 'seed-0' / 'cmaq-a0.4' / 'adapter'}", "--policy", "zero-shot="])
     assert ok.exit_code == 0, ok.output
     assert command_json(ok.output)["policies"] == 3
     assert len(pd.read_parquet(tmp_path / "rows" / "cmaq-a0.4-it2.parquet")) == 6

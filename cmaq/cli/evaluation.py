@@ -183,17 +183,20 @@ def gsb_import(cfg: CmaqConfig, judgements: tuple[str, ...], key: str, policy_a:
 
 @click.command("reproduce")
 @click.option("--profile", type=click.Choice(sorted(PROFILES)), default="cpu", show_default=True,
-              help="Sizes: cpu (make reproduce, 2 cores), gpu (one H100), smoke (tests).")
+              help="Sizes: cpu (make reproduce: the headline protocol, 3 seeds, 2 cores), cpu-full (make "
+                   "reproduce-full: and the α grids, DPO-LW, DPO-Soup, ablations, Figure 7), gpu (one H100), smoke "
+                   "(tests).")
 @config_option("reproduce.out", "--out")
 @config_option("reproduce.report", "--report")
 @click.option("--stop-after", default="eval", show_default=True,
-              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "rm-checks", "cmaq", "baselines",
-                                 "ablations", "eval"]),
+              type=click.Choice(["world", "data", "backbone", "rms", "qsa", "rm-checks", "headline", "full",
+                                 "eval"]),
               help="Last step to run (e.g. data: prepare a world and its training data for another machine).")
 @click.pass_context
 def reproduce(ctx: click.Context, profile: str, stop_after: str) -> None:
-    """The whole chain on a world: data, reward models, QSA, CMAQ over the α grid, baselines, ablations,
-    evaluation and reports/reproduction.md. Finished steps are skipped, so a killed run resumes."""
+    """The whole chain on a world: data, reward models, QSA, then per training seed DPO, MORL and CMAQ (and
+    with the full protocol the α grids, DPO-LW, DPO-Soup, the ablations and Figure 7), the evaluation and
+    reports/reproduction.md. Finished steps are skipped, so a killed run resumes."""
     # The profile's sizes sit between the configuration file and the --set overrides: a user's --set wins.
     cfg = ctx.find_object(Settings).with_preset(PROFILES[profile], ctx.meta.get(OPTION_VALUES, {}))
     echo_json(Reproduction(cfg, progress=lambda m: click.echo(m, err=True)).run(stop_after))

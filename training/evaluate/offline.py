@@ -31,27 +31,34 @@ from filters.chain import FilterChain
 from training.preference import beam_candidates
 from training.reward_models.scorer import RewardScorer
 
-ROW_COLUMNS = ("policy", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr", "true_ctr",
-               "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
+ROW_COLUMNS = ("policy", "arm", "seed", "method", "alpha", "iteration", "content_id", "query", "r_exp", "r_ctr",
+               "true_ctr", "true_exp", "exposed_query", "exposed_true_ctr", "exposed_true_exp")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """One evaluated policy: a method at one α (None when the method has none) and CMAQ iteration."""
+    """One evaluated policy: a method at one α (None when the method has none) and CMAQ iteration,
+    trained with one seed (None: a policy every seed shares, such as QSA)."""
 
     method: str
     adapter: str | None          # None: the bare base model (zero-shot)
     alpha: float | None = None
     iteration: int | None = None
+    seed: int | None = None
 
     @property
-    def name(self) -> str:
+    def arm(self) -> str:
+        """The policy's name without its seed: the seeds of one arm are averaged in the report."""
         parts = [self.method]
         if self.alpha is not None:
             parts.append(f"a{self.alpha:g}")
         if self.iteration is not None:
             parts.append(f"it{self.iteration}")
         return "-".join(parts)
+
+    @property
+    def name(self) -> str:
+        return self.arm if self.seed is None else f"{self.arm}-s{self.seed}"
 
 
 def exposed_queries(chain, items: Sequence[dict], candidates: Sequence[list[str]]) -> list[str | None]:
@@ -87,7 +94,8 @@ def evaluate_policy(policy: Policy, items: Sequence[dict], engine, scorer, oracl
         c, e = oracle_scores(oracle, [items[i] for i in shown], [exposed[i] for i in shown])
         exp_ctr[shown], exp_exp[shown] = c, e
     return pd.DataFrame({
-        "policy": policy.name, "method": policy.method,
+        "policy": policy.name, "arm": policy.arm, "seed": -1 if policy.seed is None else policy.seed,
+        "method": policy.method,
         "alpha": np.nan if policy.alpha is None else policy.alpha,
         "iteration": -1 if policy.iteration is None else policy.iteration,
         "content_id": [str(it["content_id"]) for it in items], "query": top,

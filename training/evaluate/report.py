@@ -8,21 +8,43 @@ import numpy as np
 import pandas as pd
 
 from training.evaluate.claims import Verdict, judge
+from training.evaluate.headline import judge_headline, note_blindness_by_arm, top1_figures
+from training.evaluate.runs import RunRegistry
 from training.evaluate.stats import pareto_front
 from training.evaluate.style import style_summary
-from training.evaluate.tables import REFERENCE, SPACES, final_rows, hypervolumes, reward_hacking, summarise
+from training.evaluate.tables import (REFERENCE, SPACES, final_rows, hypervolumes, proxy_arm, reward_hacking, summarise,
+                                      summarise_arms, with_chosen_iterations)
 
+#: Figure 7's policies: CMAQ at one (k, γ), named cmaq-k<k>-g<γ>.
+FIGURE7_PREFIX = "cmaq-k"
 LABELS = {"rm": ("mean r_ctr (CTR RM)", "mean r_exp (expansion RM)"),
           "oracle": ("oracle true CTR", "oracle true expansion")}
 
 
-def write_tables(out: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: pd.DataFrame,
-                 verdicts: list[Verdict]) -> None:
+def write_tables(out: Path, frames: dict[str, pd.DataFrame], verdicts: list[Verdict]) -> None:
+    """Each frame as ``<name>.csv`` and ``<name>.json``; the verdicts (the paper's claims and the
+    acceptance checks) in ``claims.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, frame in (("summary", summary), ("hypervolume", hv), ("reward_hacking", hacking)):
+    for name, frame in frames.items():
         frame.to_csv(out / f"{name}.csv", index=False, float_format="%.6g")
-        (out / f"{name}.json").write_text(frame.to_json(orient="records", indent=1, double_precision=6))
-    (out / "claims.json").write_text(json.dumps([v.to_dict() for v in verdicts], indent=1, default=float))
+        (out / f"{name}.json").write_text(frame.to_json(orient="records", indent=1, double_precision=6,
+                                                        force_ascii=False))
+    (out / "claims.json").write_text(json.dumps([v.to_dict() for v in verdicts], indent=1, default=float,
+                                                ensure_ascii=False))
+
+
+def _finish(fig, ax, space: str, title: str, path: Path) -> str:
+    """Labels, legend and title of a one-panel front plot; saves it and returns its file name."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(LABELS[space][0])
+    ax.set_ylabel(LABELS[space][1])
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
@@ -35,6 +57,7 @@ def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
 
     written = []
     final = final_rows(summary)
+    final = final[~final["method"].str.startswith(FIGURE7_PREFIX)]
     for space, (x, y) in SPACES.items():
         fig, ax = plt.subplots(figsize=(6, 4.5))
         for i, (method, g) in enumerate(final.groupby("method", sort=False)):
@@ -43,15 +66,7 @@ def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
             front = pareto_front(g[[x, y]].to_numpy())
             if len(front) > 1:
                 ax.plot(front[:, 0], front[:, 1], lw=1, color=color)
-        ax.set_xlabel(LABELS[space][0])
-        ax.set_ylabel(LABELS[space][1])
-        ax.set_title(f"Pareto fronts over α ({space} space)")
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        name = f"fronts_{space}.png"
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        written.append(name)
+        written.append(_finish(fig, ax, space, f"Pareto fronts over α ({space} space)", out / f"fronts_{space}.png"))
     cmaq = summary[(summary["method"] == "cmaq") & (summary["iteration"] >= 1)]
     if not cmaq.empty:
         fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -67,6 +82,28 @@ def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
         fig.savefig(out / "cmaq_iterations.png", dpi=110)
         plt.close(fig)
         written.append("cmaq_iterations.png")
+    return written
+
+
+def plot_figure7(out: Path, summary: pd.DataFrame) -> list[str]:
+    """Figure 7: CMAQ's front over α for each k (at the run's γ) and each γ (at the run's k), per space."""
+    fig7 = summary[summary["method"].str.startswith(FIGURE7_PREFIX)]
+    if fig7.empty:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for space, (x, y) in SPACES.items():
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for i, (method, g) in enumerate(fig7.groupby("method", sort=True)):
+            pts = pareto_front(g[[x, y]].to_numpy())
+            ax.plot(pts[:, 0], pts[:, 1], marker="o", lw=1, color=f"C{i % 10}",
+                    label=method.removeprefix("cmaq-").replace("-g", ", γ=").replace("k", "k=", 1))
+        written.append(_finish(fig, ax, space, f"Figure 7: CMAQ's front over α by k and γ ({space} space)",
+                               out / f"figure7_{space}.png"))
     return written
 
 
@@ -135,37 +172,112 @@ def reward_model_lines(reward_models: dict) -> list[str]:
     return lines
 
 
-def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: pd.DataFrame,
-                 verdicts: list[Verdict], provenance: dict, figures: list[str], figure_dir: str,
-                 reward_models: dict | None = None) -> None:
-    """``reports/reproduction.md``: provenance, the verdict per claim, tables, figures, reward hacking."""
-    lines = ["# CMAQ on the synthetic world: reproduction report", ""]
-    lines += ["Generated by `make reproduce` (`cmaq reproduce`); every verdict below is computed by",
-              "`training/evaluate/claims.py` from the tables in this directory, never written by hand.", ""]
-    lines += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in provenance.items()] + [""]
-    lines += ["## The paper's claims", "", "| claim | statement | verdict |", "| --- | --- | --- |"]
+def _verdict_lines(title: str, verdicts: list[Verdict]) -> list[str]:
+    lines = [f"## {title}", "", "| check | statement | verdict |", "| --- | --- | --- |"]
     lines += [f"| ({v.claim}) | {v.statement} | **{v.verdict}** |" for v in verdicts]
     lines += [""]
     for v in verdicts:
         lines += [f"<details><summary>({v.claim}) evidence</summary>", "", "```json",
-                  json.dumps(v.evidence, indent=1, default=float), "```", "</details>", ""]
-    lines += ["## Policies (beam top-1 on the held-out contents)", "",
+                  json.dumps(v.evidence, indent=1, default=float, ensure_ascii=False), "```", "</details>", ""]
+    return lines
+
+
+def training_lines(training: dict) -> list[str]:
+    """Per seed and iteration of the headline CMAQ run: the reward gate's failures and the collapse
+    guards on the probe set, as the run recorded them (no oracle)."""
+    if not training:
+        return []
+    lines = ["## The headline CMAQ runs, iteration by iteration (probe set, no oracle)", "",
+             "Gate: the share of sampled candidates the serving chain passed and its most frequent reasons; probe: "
+             "distinct top-1 share, the most frequent top-1 string's share, beams passing, KL to QSA, the proxy "
+             "(beams passing × lower-bound combined reward + distinct share) and the iteration it chose.", "",
+             "| seed | iteration | pairs | gate pass rate | top gate reasons | distinct top-1 | top string (share) | "
+             "beams passing | KL to QSA | proxy | served |", "|" + " --- |" * 11]
+    for seed, metrics in sorted(training.items()):
+        qsa = metrics.get("probe_qsa") or {}
+        if qsa:
+            lines.append(f"| {seed} | QSA | – | – | – | {qsa.get('distinct_top1_share')} | {qsa.get('top_string')} "
+                         f"({qsa.get('top_string_share')}) | {qsa.get('beams_passing')} | 0 | {qsa.get('proxy')} | |")
+        for it in metrics.get("iterations", []):
+            gate, probe = it.get("gate") or {}, it.get("probe") or {}
+            reasons = sorted((gate.get("reasons") or {}).items(), key=lambda kv: -kv[1])[:3]
+            served = "**yes**" if it["iteration"] == metrics.get("selected_iteration") else ""
+            lines.append(f"| {seed} | {it['iteration']} | {it.get('pairs', '–')} | {gate.get('pass_rate', '–')} | "
+                         f"{', '.join(f'{k} {v}' for k, v in reasons) or '–'} | {probe.get('distinct_top1_share', '–')} | "
+                         f"{probe.get('top_string', '–')} ({probe.get('top_string_share', '–')}) | "
+                         f"{probe.get('beams_passing', '–')} | {probe.get('kl_to_qsa', '–')} | {probe.get('proxy', '–')} | "
+                         f"{served} |")
+    return lines + [""]
+
+
+def registry_lines(entries: list[dict], frozen: dict) -> list[str]:
+    """Every evaluated run (this one last), and the settings the first evaluation froze."""
+    lines = ["## Every evaluated run", ""]
+    if frozen:
+        lines += [f"Fixed at the first oracle-space evaluation ({frozen.get('frozen_at')}): "
+                  f"`{json.dumps(frozen.get('settings'), ensure_ascii=False)}`.", ""]
+    lines += ["| run | when | settings | differs from the fixed settings | CMAQ ΔCTR (proxy arm) | checks |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for e in entries:
+        f = e.get("figures", {})
+        checks = ", ".join(f"{k}: {v}" for k, v in (f.get("checks") or {}).items())
+        lines.append(f"| {e['run']} | {e['when']} | `{json.dumps(e['settings'], ensure_ascii=False)}` | "
+                     f"{'; '.join(e['differs_from_fixed']) or 'none'} | {f.get('cmaq_delta_ctr', '–')} | {checks} |")
+    return lines + [""]
+
+
+def write_report(path: Path, tables: dict[str, pd.DataFrame], verdicts: list[Verdict], checks: list[Verdict],
+                 provenance: dict, figures: list[str], figure_dir: str, reward_models: dict | None = None,
+                 training: dict | None = None, registry: tuple[list[dict], dict] = ([], {})) -> None:
+    """``reports/reproduction.md``: provenance, the acceptance checks, the paper's claims, the tables
+    (means over seeds, then per seed), the training runs' guards, reward hacking, the RMs, every run."""
+    arms, by_seed = tables["summary"], tables["summary_by_seed"]
+    lines = ["# CMAQ on the synthetic world: reproduction report", ""]
+    lines += ["Generated by `make reproduce` (`cmaq reproduce`); every verdict below is computed by",
+              "`training/evaluate/headline.py` and `claims.py` from the tables in this directory, never written by hand.",
+              ""]
+    lines += ["## Provenance", ""] + [f"- **{k}**: {v}" for k, v in provenance.items()] + [""]
+    lines += _verdict_lines("Acceptance checks (issue 18)", checks)
+    lines += _verdict_lines("The paper's claims", verdicts)
+    lines += ["## Policies: means over training seeds (beam top-1 on the held-out contents)", "",
               "r_* are the reward models' means, true_* the oracle's; `combined` is r_exp^α·r_ctr^(1−α) at the "
               "policy's α, `combined_gain` its mean paired difference from QSA's at that α (with its bootstrap "
-              "standard error); `exposed_ctr` is the oracle's CTR of what the simulated A/B shows (first beam "
-              "candidate passing the nightly's serving chain, 0 when none does); ΔCTR is relative to QSA with a paired "
-              "95% bootstrap interval.", ""]
-    lines.append(_md_table(summary, ["policy", "r_ctr", "r_exp", "combined", "combined_gain", "combined_gain_se",
-                                     "true_ctr", "true_exp", "exposed_ctr", "exposure_rate", "delta_ctr",
-                                     "delta_ctr_lo", "delta_ctr_hi"]))
-    if "own_kind_share" in summary:
-        lines += ["", "Query style: `own_kind_share` is the share of top beams that are the note's own kind of "
-                  "query (one of its grammar queries other than the shop-name, title and near copies, or within "
-                  "normalised edit similarity 0.8 of one); `distinct_top1` counts distinct top beams.", ""]
-        lines.append(_md_table(summary, ["policy", "contents", "own_kind_share", "distinct_top1"]))
-    lines += ["", f"## Hypervolume (reference point {REFERENCE}, both spaces)", ""]
+              "standard error); `exposed_ctr` / `exposed_exp` are the oracle's CTR and expansion of what the simulated "
+              "A/B shows (the first beam candidate passing the nightly's serving chain, 0 when none does); ΔCTR is "
+              "relative to QSA with a 95% interval that resamples seeds and contents together, `delta_ctr_seed_sd` the "
+              f"spread of the seeds' own ΔCTR. `{proxy_arm(0.4).replace('0.4', '<α>')}` is each seed's proxy-chosen "
+              "iteration.", ""]
+    lines.append(_md_table(arms, ["policy", "seeds", "r_ctr", "r_exp", "combined", "combined_gain", "true_ctr",
+                                  "true_exp", "exposed_ctr", "exposed_exp", "exposure_rate", "delta_ctr",
+                                  "delta_ctr_lo", "delta_ctr_hi", "delta_ctr_seed_sd"]))
+    lines += ["", "Collapse and style on the held-out notes (means over seeds): `distinct_top1_share`, the most "
+              "frequent top-1 string's `top_string_share`, and `own_kind_share`, the share of top beams that are the "
+              "note's own kind of query (one of its grammar queries other than the shop-name, title and near copies, "
+              "or within normalised edit similarity 0.8 of one).", ""]
+    lines.append(_md_table(arms, ["policy", "distinct_top1_share", "top_string_share", "own_kind_share"]))
+    blind = tables.get("note_blindness")
+    if blind is not None and not blind.empty:
+        lines += ["", "Note-blindness of each policy's top-1 queries (pooled over seeds): the share of each score's "
+                  "variance explained by the query string alone, over strings shown under ≥ 5 notes (– where fewer "
+                  "than 2 such strings); an RM far above the oracle scores the string, not the note.", ""]
+        lines.append(_md_table(blind, ["policy", "strings", "rows", "eta2_r_ctr", "eta2_true_ctr", "eta2_r_exp",
+                                       "eta2_true_exp"]))
+    lines += ["", "### Per seed", ""]
+    lines.append(_md_table(by_seed, ["policy", "r_ctr", "r_exp", "true_ctr", "true_exp", "exposed_ctr",
+                                     "exposure_rate", "delta_ctr", "delta_ctr_lo", "delta_ctr_hi"]))
+    lines += [""] + training_lines(training or {})
+    points = tables.get("proxy_points")
+    if points is not None and not points.empty:
+        lines += ["## The proxy's choices in hindsight", "",
+                  "Each (seed, iteration) of the headline CMAQ: the proxy it recorded during training and the "
+                  "oracle's exposed CTR on the held-out notes.", ""]
+        lines.append(_md_table(points, ["seed", "iteration", "proxy", "exposed_ctr", "chosen"]))
+        lines.append("")
+    hv = tables["hypervolume"]
+    lines += [f"## Hypervolume (reference point {REFERENCE}, both spaces; means over seeds)", ""]
     lines.append(_md_table(hv, ["method", "points", "hv_rm", "front_rm", "hv_oracle", "front_oracle"], 5))
-    lines += ["", "## Reward-hacking check", ""]
+    hacking = tables["reward_hacking"]
+    lines += ["", "## Reward-hacking check (means over seeds)", ""]
     if hacking.empty:
         lines.append("No policy raised a reward model's score over QSA while the oracle's score of the same "
                      "objective fell.")
@@ -174,28 +286,62 @@ def write_report(path: Path, summary: pd.DataFrame, hv: pd.DataFrame, hacking: p
                      "same objective **fell** — the reward model was fooled:")
         lines += ["", _md_table(hacking, ["policy", "objective", "rm_change", "oracle_change"], 4)]
     lines += reward_model_lines(reward_models or {})
-    lines += ["", "## Figures", ""] + [f"![{f}]({figure_dir}/{f})" for f in figures] + [""]
+    lines += [""] + registry_lines(*registry)
+    lines += ["## Figures", ""] + [f"![{f}]({figure_dir}/{f})" for f in figures] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
 
 
-def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int,
-                     reward_models: dict | None = None, world: str | Path | None = None) -> dict:
-    """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy
-    (``reward_models``: each RM's metrics, for the reward-model section; ``world``: its answer key, for
-    the share of top beams that are the note's own kind of query)."""
-    summary = summarise(rows, rounds, seed)
+def arm_tables(rows: pd.DataFrame, rounds: int, seed: int, world, top1: pd.DataFrame) -> pd.DataFrame:
+    """The means over seeds with each arm's collapse figures (means of its seeds') and style (pooled)."""
+    arms = summarise_arms(rows, rounds, seed)
+    collapse = top1.groupby("arm", sort=False)[["distinct_top1_share", "top_string_share"]].mean()
+    arms = arms.merge(collapse, left_on="policy", right_index=True, how="left")
     if world is not None:
-        summary = summary.merge(style_summary(rows, world)[["policy", "own_kind_share", "distinct_top1"]],
-                                on="policy", how="left")
-    hv = hypervolumes(summary)
-    hacking = reward_hacking(summary)
-    verdicts = judge(summary, hv)
-    tables = report_dir / "reproduction"
-    write_tables(tables, summary, hv, hacking, verdicts)
-    rows.to_parquet(tables / "rows.parquet", index=False)
-    figures = plot_fronts(tables, summary)
-    write_report(report_dir / "reproduction.md", summary, hv, hacking, verdicts, provenance, figures, "reproduction",
-                 reward_models)
+        style = style_summary(rows.assign(policy=rows["arm"]), world)[["policy", "own_kind_share"]]
+        arms = arms.merge(style, on="policy", how="left")
+    return arms
+
+
+def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int,
+                     reward_models: dict | None = None, world: str | Path | None = None,
+                     training: dict | None = None, headline_alpha: float = 0.4, iterations: int | None = None,
+                     protocol: str = "headline", registry: RunRegistry | None = None,
+                     differences: list[str] = (), settings: dict | None = None) -> dict:
+    """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy.
+
+    ``reward_models``: each RM's metrics (the reward-model section); ``world``: its answer key (the share of
+    top beams that are the note's own kind of query); ``training``: per seed, the headline CMAQ run's
+    metrics.json (its proxy's choice, gate failures and probe figures); ``registry``: where this run is
+    recorded beside every earlier one (``differences``: its departures from the fixed settings)."""
+    training = training or {}
+    if "arm" not in rows:  # rows of one seed written before seeds existed (`cmaq eval policies`)
+        rows = rows.assign(arm=rows["policy"], seed=-1)
+    chosen = {int(s): int(m["selected_iteration"]) for s, m in training.items() if m.get("selected_iteration")}
+    rows = with_chosen_iterations(rows, chosen, headline_alpha)
+    iterations = iterations or int(rows["iteration"].max())
+    by_seed = summarise(rows, rounds, seed)
+    top1 = top1_figures(rows)
+    arms = arm_tables(rows, rounds, seed, world, top1)
+    hv = hypervolumes(arms)
+    hacking = reward_hacking(arms)
+    verdicts = judge(arms, hv)
+    checks, points = judge_headline(arms, rows, hv, training, headline_alpha, iterations, protocol, top1)
+    tables = {"summary": arms, "summary_by_seed": by_seed, "hypervolume": hv, "reward_hacking": hacking,
+              "top1": top1, "proxy_points": points, "note_blindness": note_blindness_by_arm(rows)}
+    folder = report_dir / "reproduction"
+    write_tables(folder, {k: v.drop(columns=[c for c in ("delta_ctr_by_seed",) if c in v]) for k, v in tables.items()},
+                 [*checks, *verdicts])
+    rows.to_parquet(folder / "rows.parquet", index=False)
+    figures = plot_fronts(folder, arms) + plot_figure7(folder, arms)
+    entries, frozen = [], {}
+    if registry is not None:
+        cmaq = arms[arms["policy"] == proxy_arm(headline_alpha)]
+        registry.record(settings or {}, list(differences),
+                        {"cmaq_delta_ctr": None if cmaq.empty else round(float(cmaq["delta_ctr"].iloc[0]), 4),
+                         "checks": {v.claim: v.verdict for v in checks}})
+        entries, frozen = registry.entries(), registry.frozen()
+    write_report(report_dir / "reproduction.md", tables, verdicts, checks, provenance, figures, "reproduction",
+                 reward_models, training, (entries, frozen))
     return {"report": str(report_dir / "reproduction.md"), "claims": {v.claim: v.verdict for v in verdicts},
-            "policies": len(summary)}
+            "checks": {v.claim: v.verdict for v in checks}, "policies": len(by_seed)}

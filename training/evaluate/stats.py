@@ -77,3 +77,56 @@ def bootstrap_relative_delta(treated, control, rounds: int = 2000, seed: int = 0
     lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
     return {"delta": float((t.mean() - c.mean()) / c.mean()), "se": float(deltas.std(ddof=1)),
             "lo": float(lo), "hi": float(hi)}
+
+
+def _seed_content_means(values: np.ndarray, seeds: np.ndarray, contents: np.ndarray) -> np.ndarray:
+    """Per round, the mean of ``values[seeds[r]][:, contents[r]]`` (``values`` shape (S, n))."""
+    return np.array([values[s][:, c].mean() for s, c in zip(seeds, contents)])
+
+
+def _two_level_index(n_seeds: int, n: int, rounds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_seeds, size=(rounds, n_seeds)), rng.integers(0, n, size=(rounds, n))
+
+
+def _as_matrix(values) -> np.ndarray:
+    m = np.asarray(values, dtype=float)
+    m = m.reshape(1, -1) if m.ndim == 1 else m
+    if m.ndim != 2 or m.shape[1] == 0:
+        raise ValueError(f"expected a (seeds, contents) matrix, got shape {m.shape}")
+    return m
+
+
+def bootstrap_seeds_contents_mean(values, rounds: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of ``values`` (shape (S, n): one row per training seed, one column per content) with an interval
+    that resamples seeds and contents together: each round draws S seeds and n contents with replacement
+    (the same contents for every seed: they are the same traffic)."""
+    v = _as_matrix(values)
+    seeds, contents = _two_level_index(v.shape[0], v.shape[1], rounds, seed)
+    means = _seed_content_means(v, seeds, contents)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean": float(v.mean()), "se": float(means.std(ddof=1)), "lo": float(lo), "hi": float(hi),
+            "seed_means": [float(x) for x in v.mean(axis=1)]}
+
+
+def bootstrap_seeds_contents_delta(treated, control, rounds: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Relative change (mean(treated) − mean(control)) / mean(control) with the interval of
+    :func:`bootstrap_seeds_contents_mean`. ``treated``: (S, n); ``control``: (n,) or (1, n) when every seed
+    shares the control (QSA), else (S, n) paired seed by seed. Contents are paired in every round.
+    ``seed_deltas``: each seed's own relative change; ``seed_sd`` their standard deviation."""
+    t, c = _as_matrix(treated), _as_matrix(control)
+    if c.shape[1] != t.shape[1] or c.shape[0] not in (1, t.shape[0]):
+        raise ValueError(f"control of shape {c.shape} does not pair with treated of shape {t.shape}")
+    if c.mean() <= 0:
+        raise ValueError("the control's mean must be positive for a relative change")
+    seeds, contents = _two_level_index(t.shape[0], t.shape[1], rounds, seed)
+    tm = _seed_content_means(t, seeds, contents)
+    cm = np.array([c[0, idx].mean() for idx in contents]) if c.shape[0] == 1 else _seed_content_means(c, seeds, contents)
+    deltas = (tm - cm) / np.where(cm > 0, cm, np.nan)
+    deltas = deltas[np.isfinite(deltas)]
+    lo, hi = np.quantile(deltas, [(1 - level) / 2, (1 + level) / 2])
+    control_of_seed = (c if c.shape[0] > 1 else np.repeat(c, t.shape[0], axis=0)).mean(axis=1)
+    per_seed = (t.mean(axis=1) - control_of_seed) / control_of_seed
+    return {"delta": float((t.mean() - c.mean()) / c.mean()), "se": float(deltas.std(ddof=1)), "lo": float(lo),
+            "hi": float(hi), "seed_deltas": [float(x) for x in per_seed],
+            "seed_sd": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from cmaq.rewards import combine
-from training.evaluate.stats import bootstrap_mean, bootstrap_relative_delta, hypervolume_2d, pareto_front
+from training.evaluate.stats import (bootstrap_mean, bootstrap_relative_delta, bootstrap_seeds_contents_delta,
+                                     bootstrap_seeds_contents_mean, hypervolume_2d, pareto_front)
 
 #: Objective pairs (x = CTR, y = expansion) per space; the reference point of each is the origin: every
 #: score is a probability, so (0, 0) is dominated by anything and stays fixed across runs.
@@ -52,8 +53,69 @@ def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataF
     return pd.DataFrame(out)
 
 
+def proxy_arm(alpha: float) -> str:
+    """The arm of CMAQ at ``alpha`` served at each seed's proxy-chosen iteration."""
+    return f"cmaq-a{alpha:g}-proxy"
+
+
+def with_chosen_iterations(rows: pd.DataFrame, chosen: dict[int, int], alpha: float) -> pd.DataFrame:
+    """``rows`` plus the arm :func:`proxy_arm`: for every seed in ``chosen`` (seed → iteration its proxy
+    chose), the rows of CMAQ at ``alpha`` and that iteration (iteration 0 marks the arm)."""
+    picked = [rows[(rows["method"] == "cmaq") & np.isclose(rows["alpha"].astype(float), alpha)
+                   & (rows["seed"] == s) & (rows["iteration"] == t)] for s, t in chosen.items()]
+    picked = [p for p in picked if len(p)]
+    if not picked:
+        return rows
+    arm = pd.concat(picked).assign(arm=proxy_arm(alpha), iteration=0)
+    arm["policy"] = arm["arm"] + "-s" + arm["seed"].astype(str)
+    return pd.concat([rows, arm], ignore_index=True)
+
+
+def _by_seed(g: pd.DataFrame, column: str, contents: pd.Index) -> np.ndarray:
+    """``column`` of one arm's rows as a (seeds, contents) matrix in the order of ``contents``."""
+    return g.pivot(index="seed", columns="content_id", values=column)[contents].to_numpy(float)
+
+
+def summarise_arms(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per arm (a policy's seeds together): the means over seeds and contents of
+    :func:`summarise`'s scores; ΔCTR against QSA and the combined reward's gain with intervals that resample
+    seeds and contents together; ``delta_ctr_seed_sd`` the spread of the seeds' own ΔCTR, and the exposed
+    queries' true expansion (``exposed_exp``, ``delta_exp``)."""
+    control = rows[rows["method"] == CONTROL]
+    contents = pd.Index(sorted(control["content_id"].unique() if len(control) else rows["content_id"].unique()))
+    c = {col: _by_seed(control, col, contents) for col in ("exposed_true_ctr", "exposed_true_exp", "r_exp", "r_ctr")} \
+        if len(control) else {}
+    out = []
+    for arm, g in rows.groupby("arm", sort=False):
+        alpha = g["alpha"].iloc[0]
+        rec = {"policy": arm, "method": g["method"].iloc[0], "alpha": alpha, "iteration": int(g["iteration"].iloc[0]),
+               "seeds": int(g["seed"].nunique()), "contents": int(g["content_id"].nunique())}
+        for col in ("r_exp", "r_ctr", "true_exp", "true_ctr"):
+            rec[col] = float(g[col].mean())
+        rec["combined"] = float(combined(g["r_exp"], g["r_ctr"], alpha).mean()) if pd.notna(alpha) else np.nan
+        rec["exposed_ctr"] = float(g["exposed_true_ctr"].mean())
+        rec["exposed_exp"] = float(g["exposed_true_exp"].mean())
+        rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
+        if c and rec["method"] != CONTROL:
+            m = {col: _by_seed(g, col, contents) for col in c}
+            if pd.notna(alpha):
+                gain = combined(m["r_exp"], m["r_ctr"], alpha) - combined(c["r_exp"], c["r_ctr"], alpha)
+                b = bootstrap_seeds_contents_mean(gain, rounds, seed)
+                rec.update(combined_gain=b["mean"], combined_gain_se=b["se"])
+            d = bootstrap_seeds_contents_delta(m["exposed_true_ctr"], c["exposed_true_ctr"], rounds, seed)
+            rec.update(delta_ctr=d["delta"], delta_ctr_lo=d["lo"], delta_ctr_hi=d["hi"], delta_ctr_seed_sd=d["seed_sd"],
+                       delta_ctr_by_seed=d["seed_deltas"])
+            e = bootstrap_seeds_contents_delta(m["exposed_true_exp"], c["exposed_true_exp"], rounds, seed)
+            rec.update(delta_exp=e["delta"], delta_exp_lo=e["lo"], delta_exp_hi=e["hi"])
+        else:
+            rec.update(delta_ctr=0.0, delta_ctr_lo=0.0, delta_ctr_hi=0.0, delta_ctr_seed_sd=0.0, delta_exp=0.0,
+                       delta_exp_lo=0.0, delta_exp_hi=0.0)
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
 def final_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each method's final policies: for iterated methods only the last iteration."""
+    """Each method's final policies: for iterated methods only the last iteration (not the proxy's arm)."""
     last = summary.groupby(["method", "alpha"], dropna=False)["iteration"].transform("max")
     return summary[summary["iteration"] == last]
 
