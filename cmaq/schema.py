@@ -55,6 +55,10 @@ GRAMMAR_TRUTH_SCHEMA = _answer_key("kind")
 # notes' queries, popular phrases and malformed text, each judged for the note it was shown under.
 MISTAKE_TRUTH_SCHEMA = _answer_key("source")
 
+#: Content fields a content table may lack (older tables, other platforms); readers and the filter chain
+#: take them as null.
+OPTIONAL_CONTENT_FIELDS = ("district",)
+
 # The content fields every training row carries, so trainers never join.
 _CONTENT_FOR_PROMPTS = [
     pa.field("content_id", pa.string(), nullable=False),

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cmaq.config import FiltersConfig
+from cmaq.schema import OPTIONAL_CONTENT_FIELDS
 from cmaq.text import to_string_array
 from filters import base as b
 from filters.commercial import CommercialFilter
@@ -80,6 +81,9 @@ class FilterChain:
     def run(self, data: pa.Table | pa.RecordBatch | pd.DataFrame) -> ChainResult:
         as_pandas = isinstance(data, pd.DataFrame)
         table = _to_table(data)
+        for name in OPTIONAL_CONTENT_FIELDS:  # content without the column reads as null, as the nightly's reader does
+            if name in self.required_columns and name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
         missing = [c for c in self.required_columns if c not in table.column_names]
         if missing:
             raise ValueError(f"filter input lacks columns {missing} (chain: {', '.join(self.names)})")

@@ -19,13 +19,13 @@ from cmaq.config import CmaqConfig, EngineConfig, config_hash
 from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import base_model_dir
 from cmaq.engines.base import adapter_version
+from cmaq.schema import OPTIONAL_CONTENT_FIELDS
 from jobs.data.common import read_table
 from jobs.pool_tables import named_keys
 
 # What the prompt and the serving filters read (the district tells a place from a shop-info fact).
 CONTENT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
-#: Content fields a table may lack; they read as null.
-OPTIONAL_FIELDS = ("district",)
+OPTIONAL_FIELDS = OPTIONAL_CONTENT_FIELDS
 KEY = ("content_id", "content_hash", "model_version", "adapter_version", "config_hash")
 
 

@@ -307,3 +307,21 @@ def test_junk_rules_settings_are_validated():
     relaxed = FiltersConfig(lexical=LexicalConfig(filler_words=[], max_number_share=1.0))
     out = run(EN_ITEM, ["go", "00-22:00 · $45 · 4.6"], FilterChain(["lexical"], relaxed)).table
     assert out["reason"].to_pylist() == [None, "shop_info_copy"]
+
+
+def test_a_content_table_without_a_district_is_filtered_as_one_with_null_districts():
+    import pyarrow as pa
+
+    from cmaq.config import FiltersConfig
+    from filters.chain import FilterChain
+
+    rows = {"content_id": ["c1", "c1"], "lang": ["en", "en"], "shop_name": ["Jade Hotpot"] * 2,
+            "title": ["Jade Hotpot review"] * 2, "body": ["Great beef tripe and broth."] * 2,
+            "shop_info": ["Jade Hotpot · Riverside · hours 10:00-22:00"] * 2, "query": ["beef tripe dipping sauce", "10:00-22:00"]}
+    chain = FilterChain.serving(FiltersConfig())
+    without = chain.run(pa.table(rows)).table
+    with_null = chain.run(pa.table({**rows, "district": pa.nulls(2, pa.string())})).table
+    assert without["reason"].to_pylist() == with_null["reason"].to_pylist()
+    assert without["reason"].to_pylist()[0] is None and without["reason"].to_pylist()[1] is not None
+    with pytest.raises(ValueError, match="lacks columns"):
+        chain.run(pa.table({k: v for k, v in rows.items() if k != "shop_info"}))

@@ -31,6 +31,7 @@ def test_gsb_kit_round_trips_a_simulated_judgement(small_world, tmp_path):
     sheet = pd.read_csv(tmp_path / "gsb" / "gsb_sheet.csv", keep_default_na=False)
     key = pd.read_csv(tmp_path / "gsb" / "gsb_key.csv")
     assert len(sheet) == 60 and sheet["item_id"].is_unique and (sheet["judgement"] == "").all()
+    assert (tmp_path / "gsb" / "gsb_sheet.csv").read_bytes().startswith("\ufeff".encode())  # Excel reads UTF-8
     # blinded (no policy name on the sheet) and side-shuffled
     assert not sheet.astype(str).apply(lambda c: c.str.contains("own-entity|off-topic")).any().any()
     assert 10 < (key["left"] == "own-entity").sum() < 50
@@ -47,6 +48,7 @@ def test_gsb_kit_round_trips_a_simulated_judgement(small_world, tmp_path):
     assert out.exit_code == 0, out.output
     good = command_json(out.output)
     assert good["judgements"] == 60 and good["malformed"] == 0 and good["b"] == "off-topic"
+    assert good["unjudged_items"] == 0
     assert good["G_count"] + good["S_count"] + good["B_count"] == 60
     assert good["G_rate"] > 0.7 and good["gsb"] > 0.5  # the note's own dish beats an off-topic query
     assert good["gsb_interval"][0] <= good["gsb"] <= good["gsb_interval"][1]
@@ -84,8 +86,18 @@ def test_gsb_import_lists_every_malformed_row_and_exits_2(small_world, tmp_path)
     assert "judged twice" in lines[2] and "g9999" in lines[3]
     summary = command_json(out.stdout)
     assert summary["judgements"] == 8 and summary["malformed"] == 4  # nothing dropped silently
+    assert summary["unjudged_items"] == 2                             # the empty and the unreadable one
     missing = tmp_path / "nocol.csv"
     missing.write_text("item_id,verdict\ng0001,left\n")
     out = CliRunner().invoke(cli, ["eval", "gsb", "import", "--key", str(tmp_path / "gsb" / "gsb_key.csv"),
                                                    "--a", "own-entity", str(missing)])
     assert out.exit_code == 2 and "missing column(s) judgement" in out.stderr
+
+
+def test_notes_without_a_category_are_sampled_as_a_stratum_of_their_own():
+    from training.evaluate.gsb import stratified_sample
+
+    items = pd.DataFrame({"content_id": [f"c{i:02d}" for i in range(40)],
+                          "category": ["food"] * 20 + ["hotel"] * 10 + [None] * 10})
+    picked = stratified_sample(items, 8, seed=3)
+    assert picked["category"].value_counts().to_dict() == {"food": 4, "hotel": 2, "(none)": 2}

@@ -97,3 +97,20 @@ def test_select_serves_the_last_or_the_best_proxy_iteration():
     assert select_iteration(summary, "proxy") == 2  # the earliest of equals
     with pytest.raises(Exception, match="probe"):
         AlignConfig(select="proxy", probe_contents=0)
+    resumed = [{"iteration": 1}, {"iteration": 2, "probe": {"proxy": 0.6}}]   # iteration 1 trained before the guards
+    with pytest.raises(ValueError, match=r"iteration\(s\) \[1\] have no probe figures"):
+        select_iteration(resumed, "proxy")
+    assert select_iteration(resumed, "last") == 2
+
+
+def test_the_cached_qsa_probe_is_recomputed_for_other_settings(tmp_path):
+    from training.align import _cached_json
+
+    calls = []
+    compute = lambda: calls.append(1) or {"proxy": len(calls)}  # noqa: E731
+    path = tmp_path / "probe-qsa.json"
+    assert _cached_json(path, {"probe_contents": 200}, compute) == {"proxy": 1}
+    assert _cached_json(path, {"probe_contents": 200}, compute) == {"proxy": 1} and len(calls) == 1
+    assert _cached_json(path, {"probe_contents": 100}, compute) == {"proxy": 2}
+    path.write_text('{"proxy": 9}')                      # a file written before it carried its key
+    assert _cached_json(path, {"probe_contents": 100}, compute) == {"proxy": 3}

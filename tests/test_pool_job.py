@@ -348,3 +348,36 @@ def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_worl
 
     mixed = refresh(spark, load_config(None, [*opts, "filters.lexical.max_words=9"]), str(path))
     assert mixed.exit_code == 1 and "run the nightly" in mixed.error
+
+
+def _number_share(query: str) -> float:
+    chars = [c for c in query if not c.isspace()]
+    return sum(c.isdigit() or c in ":.-$¥%·" for c in chars) / max(len(chars), 1)
+
+
+def test_the_served_pool_holds_no_machine_junk_in_either_language(spark, small_world, tmp_path):
+    """Issue 18: candidates made of the shop-info line's hours, prices and ratings, of its numbers, cut
+    inside a number, or a lone filler word never reach the served pool, in English and Chinese; they are
+    in the dropped table with their reasons. Judged with this test's own rules, not the filter's code."""
+    from tests.doubles.engines import FILLER, shop_info_segments
+
+    root = tmp_path / "pool"
+    cfg = load_config(None, ["engine.backend=tests.doubles.engines:MachineJunkEngine", f"pool.root={root}"])
+    report = build_pool(spark, cfg, str(small_world / "content"))
+    assert report.exit_code == EXIT_OK, report.error
+    vdir, _ = _version(root)
+    content = pq.read_table(small_world / "content").to_pandas().set_index("content_id")
+    pool = pq.read_table(vdir / "pool").to_pandas()
+    dropped = pq.read_table(vdir / "dropped").to_pandas()
+    assert set(content.loc[pool["content_id"], "lang"]) == {"en", "zh"}
+    for row in pool.itertuples():
+        item = content.loc[row.content_id]
+        assert _number_share(row.query) <= 0.5, row.query
+        assert not any(seg and seg in row.query for seg in shop_info_segments(item)), row.query
+        assert row.query.strip().lower() not in set(FILLER.values()), row.query
+    dropped["lang"] = content.loc[dropped["content_id"], "lang"].to_numpy()
+    by_lang = dropped.groupby("lang")["reason"].agg(set)
+    for lang in ("en", "zh"):
+        assert {"shop_info_copy", "mostly_numbers", "filler_word"} <= by_lang[lang], (lang, by_lang[lang])
+    # every item's junk was generated and dropped, not lost: four per item at least
+    assert (dropped.groupby("content_id").size() >= 4).mean() > 0.95

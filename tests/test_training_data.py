@@ -113,3 +113,14 @@ def test_bad_rows_are_set_aside_with_reasons(spark, small_world, tmp_path):
                              "unknown_content": 1}
     rows = pq.read_table(tmp_path / "out" / "bad_rows_sft").to_pandas()
     assert len(rows) == 4 and rows.row.str.contains('"query"').all()
+
+
+def test_content_without_a_district_builds_with_null_districts(spark, small_world, tmp_path):
+    content = pq.read_table(small_world / "content").to_pandas().drop(columns=["district"])
+    path = tmp_path / "content.parquet"
+    content.to_parquet(path, index=False)
+    s = run("sft", load_config(None, []), str(small_world), str(tmp_path / "out"), spark, content=str(path))
+    assert s["written"] > 0
+    held_out = pq.read_table(tmp_path / "out" / "test_contents").to_pandas()
+    sft = pq.read_table(tmp_path / "out" / "sft").to_pandas()
+    assert len(held_out) and held_out["district"].isna().all() and sft["district"].isna().all()

@@ -69,8 +69,8 @@ from training.gate import RewardGate
 from training.guards import probe_notes, probe_policy
 from training.loop import train
 from training.policy import load_policy, save_policy
-from training.preference import (encode_pairs, first_iteration_samples, iteration_seed, pair_loss_fn, reference_logps,
-                                 sample_contents, sampler_engine, scored_samples)
+from training.preference import (encode_pairs, first_iteration_samples, first_samples_key, iteration_seed,
+                                 pair_loss_fn, reference_logps, sample_contents, sampler_engine, scored_samples)
 from training.reward_models.models import tokenizer_of
 from training.reward_models.scorer import RewardScorer
 
@@ -131,19 +131,36 @@ def select_iteration(summary: list[dict], how: str) -> int:
     (the earliest of equals: it moved least from QSA)."""
     if how == "last":
         return len(summary)
+    unprobed = [s.get("iteration", i + 1) for i, s in enumerate(summary) if (s.get("probe") or {}).get("proxy") is None]
+    if unprobed:
+        raise ValueError(f"align.select = proxy: iteration(s) {unprobed} have no probe figures (trained with "
+                         "align.probe_contents = 0 or before the guards existed); use align.select = last")
     proxies = [s["probe"]["proxy"] for s in summary]
     return 1 + int(np.argmax(proxies))
 
 
-def _cached_json(path: Path, compute):
-    """``compute()``'s JSON result, kept in ``path`` so that a resumed run does not redo it."""
+def _cached_json(path: Path, key: dict, compute):
+    """``compute()``'s JSON result, kept in ``path`` with ``key`` so that a resumed run does not redo it;
+    recomputed when the key (what the result depends on) differs from the kept one."""
     if path.exists():
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
+        if isinstance(kept, dict) and kept.get("key") == key:
+            return kept["value"]
+        log.warning("%s: computed for other settings; computing again", path)
     value = compute()
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, default=str))
+    tmp.write_text(json.dumps({"key": key, "value": value}, default=str))
     tmp.replace(path)  # a run killed while writing leaves no half file to resume from
     return value
+
+
+def probe_key(cfg: AlignConfig, engine_cfg: EngineConfig) -> dict:
+    """What QSA's probe figures depend on: the sampling key (QSA, RMs, engine), the probe set's size and
+    samples, and the proxy's α, mean and κ."""
+    key = first_samples_key(cfg, engine_cfg)
+    key.pop("contents"), key.pop("seed")
+    return {**key, "probe_contents": cfg.probe_contents, "probe_k": cfg.probe_k, "alpha": cfg.alpha,
+            "mean": cfg.mean, "lcb_kappa": cfg.lcb_kappa, "probe_seed": iteration_seed(cfg, 0)}
 
 
 def _save_pairs(pairs: list[dict], path: Path) -> None:
@@ -190,7 +207,8 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
         return probe_policy(engine_of(), serving, scorer, probe_items, adapter, str(cfg.qsa), model_dir, tokenizer,
                             cfg, seed)
 
-    qsa_probe = _cached_json(out / "probe-qsa.json", lambda: probe(str(cfg.qsa), iteration_seed(cfg, 0)))
+    qsa_probe = _cached_json(out / "probe-qsa.json", probe_key(cfg, engine_cfg),
+                             lambda: probe(str(cfg.qsa), iteration_seed(cfg, 0)))
     summary = []
     previous = str(cfg.qsa)
     for t in range(1, cfg.iterations + 1):

@@ -12,7 +12,7 @@ from cmaq.cli.settings import OPTION_VALUES, BadInput, Settings, config_option, 
 from cmaq.config import CmaqConfig
 from cmaq.engines import base_model_dir, make_engine
 from cmaq.world.oracle import Oracle
-from training.evaluate.gsb import export_sheet, gsb_summary, read_judgements, simulated_judgements
+from training.evaluate.gsb import export_sheet, gsb_summary, read_judgements, read_key, simulated_judgements
 from training.evaluate.offline import Evaluator, Policy, ab_provenance, load_test_items
 from training.evaluate.report import write_evaluation
 from training.evaluate.rm_checks import check_reward_models
@@ -135,8 +135,9 @@ def gsb_export(rows: str, world: str, test_contents: str, policy_a: str, policy_
         raise BadInput(str(exc)) from None
     target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(target / "gsb_sheet.csv", index=False)
-    key.to_csv(target / "gsb_key.csv", index=False)
+    # utf-8 with a byte-order mark: spreadsheet programs judges open the sheet in read it as UTF-8 then
+    sheet.to_csv(target / "gsb_sheet.csv", index=False, encoding="utf-8-sig")
+    key.to_csv(target / "gsb_key.csv", index=False, encoding="utf-8-sig")
     echo_json({"notes": len(sheet), "categories": sheet["category"].value_counts().sort_index().to_dict(),
                "sheet": str(target / "gsb_sheet.csv"), "key": str(target / "gsb_key.csv")}, ensure_ascii=False)
 
@@ -153,9 +154,9 @@ def gsb_export(rows: str, world: str, test_contents: str, policy_a: str, policy_
 def gsb_judge(cfg: CmaqConfig, world: str, test_contents: str, sheet: str, key: str, margin: float, out: str) -> None:
     """A simulated judge from the world's oracle (true_exp^α · true_ctr^(1−α), α = align.alpha): fills the
     sheet's judgement column so the kit can be tried end to end."""
-    judged = simulated_judgements(pd.read_csv(sheet, keep_default_na=False), pd.read_csv(key),
+    judged = simulated_judgements(pd.read_csv(sheet, keep_default_na=False, encoding="utf-8-sig"), read_key(key),
                                   _gsb_notes(world, test_contents), Oracle(), cfg.align.alpha, margin)
-    judged.to_csv(out, index=False)
+    judged.to_csv(out, index=False, encoding="utf-8-sig")
     echo_json({"judged": len(judged), "out": out, **judged["judgement"].value_counts().to_dict()})
 
 
@@ -168,7 +169,7 @@ def gsb_import(cfg: CmaqConfig, judgements: tuple[str, ...], key: str, policy_a:
     """Judgement CSVs (the sheet with `judgement` = left / right / same) → Good/Same/Bad rates of A and
     GSB = (G − B)/(G + S + B) with a bootstrap interval. Malformed rows are listed with their file and
     line; any makes the exit status 2."""
-    key_frame = pd.read_csv(key)
+    key_frame = read_key(key)
     try:
         found = read_judgements(judgements, key_frame, policy_a)
     except ValueError as exc:

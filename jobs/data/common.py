@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from cmaq.config import FiltersConfig
+from cmaq.schema import OPTIONAL_CONTENT_FIELDS
 from cmaq.text import normalize_array
 from filters.chain import shared_chain
 
@@ -65,6 +66,14 @@ def validate_logs(logs: DataFrame) -> tuple[DataFrame, DataFrame]:
         ((F.col("impressions") < 0) | (F.col("clicks") < 0), "negative_counts"),
         (F.col("clicks") > F.col("impressions"), "clicks_exceed_impressions"),
     ])
+
+
+def with_optional_content_fields(content: DataFrame) -> DataFrame:
+    """``content`` with each optional field it lacks as a null column, as the nightly's reader does."""
+    for name in OPTIONAL_CONTENT_FIELDS:
+        if name not in content.columns:
+            content = content.withColumn(name, F.lit(None).cast("string"))
+    return content
 
 
 def validate_content(content: DataFrame) -> tuple[DataFrame, DataFrame]:

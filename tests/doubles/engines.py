@@ -44,3 +44,33 @@ class PlantingEngine:
 
     def sample(self, items, k, temperature, seed, adapter=None):
         return self.beam(items, width=k, adapter=adapter)
+
+
+# What a small model copies out of its prompt when it writes machine junk (issue 18): the shop-info
+# line's hours / price / rating, a run of its numbers, a fragment cut inside a number, a lone filler word.
+FILLER = {"en": "go", "zh": "然后"}
+
+
+def shop_info_segments(item) -> list[str]:
+    """The shop-info line's parts after the shop name and district (hours, price, rating, ...)."""
+    return [s.strip() for s in str(item.get("shop_info") or "").split("·")][2:]
+
+
+class MachineJunkEngine(PlantingEngine):
+    """Beam results whose first four candidates are machine junk made from the item's own shop-info line;
+    the fifth is one honest query."""
+
+    def _fill(self, item, k):
+        segments = shop_info_segments(item) or ["10:00-22:00"]
+        lang = "zh" if item.get("lang") == "zh" else "en"
+        numbers = " ".join("".join(ch for ch in s if ch.isdigit() or ch in ":.-") for s in segments).split()
+        line = " · ".join(segments)
+        junk = [" · ".join(segments[:2]),                          # a copy of part of the shop-info line
+                " ".join(numbers[:3]) or "10:00 22:00 88",          # its numbers alone
+                line[line.find(":") + 1:] if ":" in line else line,  # cut inside a time: "00-22:00 · about ..."
+                FILLER[lang]]                                       # a lone filler word
+        good = GOOD[zlib.crc32(str(item.get("content_id")).encode()) % len(GOOD)].format(
+            shop=item.get("shop_name") or "shop", cat=item.get("category") or "place",
+            district=item.get("district") or "town")
+        texts = (junk + [good])[:k]
+        return [Candidate(t, -1.0 - i, i) for i, t in enumerate(texts)]

@@ -38,6 +38,7 @@ from training.evaluate.stats import bootstrap_mean
 SHEET_COLUMNS = ("item_id", "lang", "category", "title", "body", "query_left", "query_right", "judgement", "comment")
 KEY_COLUMNS = ("item_id", "content_id", "left", "right")
 NO_SUGGESTION = "(no suggestion)"
+NO_CATEGORY = "(none)"
 VERDICTS = {"left": "left", "l": "left", "right": "right", "r": "right", "same": "same", "s": "same"}
 
 
@@ -47,6 +48,8 @@ def stratified_sample(items: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     if n >= len(items):
         return items.sort_values("content_id").reset_index(drop=True)
     rng = np.random.default_rng(seed)
+    # notes without a category are a stratum of their own, not left out
+    items = items.assign(category=items["category"].fillna(NO_CATEGORY))
     sizes = items.groupby("category").size().sort_index()
     quota = sizes / sizes.sum() * n
     take = np.floor(quota).astype(int)
@@ -83,6 +86,11 @@ def export_sheet(rows: pd.DataFrame, items: pd.DataFrame, a: str, b: str, n: int
     return pd.DataFrame(sheet, columns=SHEET_COLUMNS), pd.DataFrame(key, columns=KEY_COLUMNS)
 
 
+def read_key(path: str | Path) -> pd.DataFrame:
+    """The key as written: every column text (a content id "007" stays "007")."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+
+
 def simulated_judgements(sheet: pd.DataFrame, key: pd.DataFrame, items: pd.DataFrame, oracle,
                          alpha: float = 0.5, margin: float = 0.1) -> pd.DataFrame:
     """The sheet with ``judgement`` filled by the oracle (see the module's docstring)."""
@@ -107,6 +115,7 @@ class Judgements:
     outcomes: list[str] = field(default_factory=list)          # "G", "S" or "B", from policy A's side
     malformed: list[str] = field(default_factory=list)         # "file:line (row n): reason"
     files: int = 0
+    unjudged: list[str] = field(default_factory=list)          # the key's items no file judged
 
 
 def read_judgements(paths: Sequence[str | Path], key: pd.DataFrame, a: str) -> Judgements:
@@ -114,7 +123,7 @@ def read_judgements(paths: Sequence[str | Path], key: pd.DataFrame, a: str) -> J
     sides = {r["item_id"]: (r["left"], r["right"]) for r in key.to_dict("records")}
     if a not in {p for pair in sides.values() for p in pair}:
         raise ValueError(f"policy {a!r} is in no row of the key")
-    out = Judgements(files=len(paths))
+    out, judged = Judgements(files=len(paths)), set()
     for path in paths:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -136,9 +145,11 @@ def read_judgements(paths: Sequence[str | Path], key: pd.DataFrame, a: str) -> J
                     out.malformed.append(f"{where}: judgement {raw!r} is not left, right or same")
                 else:
                     seen.add(item)
+                    judged.add(item)
                     verdict = VERDICTS[raw]
                     winner = None if verdict == "same" else sides[item][0 if verdict == "left" else 1]
                     out.outcomes.append("S" if winner is None else ("G" if winner == a else "B"))
+    out.unjudged = sorted(set(sides) - judged)
     return out
 
 
@@ -147,6 +158,7 @@ def gsb_summary(judgements: Judgements, a: str, b: str, rounds: int = 2000, seed
     n = len(judgements.outcomes)
     counts = {k: judgements.outcomes.count(k) for k in "GSB"}
     report = {"a": a, "b": b, "files": judgements.files, "judgements": n, "malformed": len(judgements.malformed),
+              "unjudged_items": len(judgements.unjudged),
               **{f"{k}_count": v for k, v in counts.items()}}
     if n == 0:
         return {**report, "gsb": None}
