@@ -70,7 +70,8 @@ reproduce: $(STAMP)
 
 # The full protocol contains the headline: in the same working directory it resumes from make reproduce.
 reproduce-full: $(STAMP)
-	$(BIN)/cmaq reproduce --profile cpu-full --out $(REPRODUCE_DIR) --report $(REPORT_DIR)/full
+	$(BIN)/cmaq --set reproduce.registry=$(REPORT_DIR)/reproduction reproduce --profile cpu-full \
+		--out $(REPRODUCE_DIR) --report $(REPORT_DIR)/full
 
 # The GPU machine has torch, transformers and peft but neither Spark nor a way to install: the world
 # and its training data are built here, travel with the tree, and the rest runs there on python3.

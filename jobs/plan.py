@@ -19,13 +19,11 @@ from cmaq.config import CmaqConfig, EngineConfig, config_hash
 from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import base_model_dir
 from cmaq.engines.base import adapter_version
-from cmaq.schema import OPTIONAL_CONTENT_FIELDS
-from jobs.data.common import read_table
+from jobs.data.common import read_table, with_optional_content_fields
 from jobs.pool_tables import named_keys
 
 # What the prompt and the serving filters read (the district tells a place from a shop-info fact).
 CONTENT_FIELDS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
-OPTIONAL_FIELDS = OPTIONAL_CONTENT_FIELDS
 KEY = ("content_id", "content_hash", "model_version", "adapter_version", "config_hash")
 
 
@@ -88,9 +86,7 @@ def with_content_hash(content: DataFrame) -> DataFrame:
 def read_content(spark: SparkSession, source: str) -> DataFrame:
     """The content table with its content_hash, cached (the job reads it several times); an optional
     field the table lacks is null."""
-    content = read_table(spark, source)
-    missing = {c: F.lit(None).cast("string") for c in OPTIONAL_FIELDS if c not in content.columns}
-    return with_content_hash(content.withColumns(missing) if missing else content).cache()
+    return with_content_hash(with_optional_content_fields(read_table(spark, source))).cache()
 
 
 def max_updated_at_ms(content: DataFrame) -> int | None:

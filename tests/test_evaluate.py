@@ -169,7 +169,7 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     expected = {"zero-shot", "qsa", "dpo-s0", "dpo-s1", "morl-a0.4-s0", "morl-a0.4-s1", "cmaq-a0.4-it1-s0",
                 "cmaq-a0.4-it2-s1", "cmaq-a0.4-proxy-s0", "cmaq-a0.4-proxy-s1", "cmaq-a0.6-it2-s0",
                 "dpo-soup-a0.6-s0", "dpo-lw-a0.4-s0", "cmaq-wo-ot-a0.4-s0", "cmaq-wo-cds-a0.4-s0",
-                "cmaq-wo-ct-a0.4-s0", "cmaq-k6-g0.5-a0.4-s0", "cmaq-k6-g0.2-a0.4-s0"}
+                "cmaq-wo-ct-a0.4-s0", "cmaq-k4-g0.2-a0.4-s0", "cmaq-k6-g0.2-a0.4-s0"}
     assert expected <= set(per_policy.index)
     assert not {"cmaq-a0.6-it2-s1", "dpo-lw-a0.4-s1"} & set(per_policy.index)
     work = root / "work"
@@ -183,7 +183,9 @@ def test_reproduction_writes_report_tables_and_figures(smoke_runs):
     assert arms.loc["cmaq-a0.4-proxy", "seeds"] == 2 and arms.loc["cmaq-a0.6-it2", "seeds"] == 1
     # Figure 7's point at the run's own k and γ is CMAQ's run, not a second one
     assert not (work / "seed-0" / "figure7" / "cmaq-k6-g0.2-a0.4").exists()
-    assert (work / "seed-0" / "figure7" / "cmaq-k6-g0.5-a0.4" / "metrics.json").exists()
+    assert (work / "seed-0" / "figure7" / "cmaq-k4-g0.2-a0.4" / "metrics.json").exists()
+    # ... and another k draws its own QSA samples once, beside the run's own
+    assert (work / "seed-0" / "qsa-samples-k4.parquet").exists() and (work / "seed-0" / "qsa-samples.parquet").exists()
     # w/o OT shares CMAQ's first iteration instead of recomputing it
     assert any("cmaq-wo-ot" in m for m in messages)
     assert (work / "seed-0" / "cmaq-wo-ot-a0.4" / "iter-1" / "pairs.parquet").read_bytes() == \
@@ -220,6 +222,8 @@ def test_reproduction_resumes_without_redoing_steps(smoke_runs):
     trained = [m for m in messages if m.startswith("[reproduce]") and "skipped" not in m
                and "evaluating" not in m]
     assert trained == [], trained
+    # the re-evaluation from cached rows is the same run: the registry does not list it twice
+    assert len((root / "reports" / "reproduction" / "runs.jsonl").read_text().splitlines()) == 1
 
 
 def test_eval_cli_evaluates_named_policies(smoke_runs, small_world, rm_data, trained_rms, tmp_path):
@@ -234,7 +238,7 @@ def test_eval_cli_evaluates_named_policies(smoke_runs, small_world, rm_data, tra
             "--rm-exp", str(rms / "exp"), "--rm-ctr", str(rms / "ctr"), "--limit", "6",
             "--out", str(tmp_path / "rows"), "--report", str(tmp_path / "report")]
     ok = CliRunner().invoke(main, [*args, "--policy", f"qsa={work / 'qsa' / 'adapter'}",
-                                   "--policy", f"cmaq@0.4@2={work / 'seed-0' / 'cmaq-a0.4' / 'adapter'}", "--policy", "zero-shot="])
+                                   "--policy", f"cmaq@0.4@2={work / 'seed-0' / 'cmaq-a0.4' / 'iter-2' / 'adapter'}", "--policy", "zero-shot="])
     assert ok.exit_code == 0, ok.output
     assert command_json(ok.output)["policies"] == 3
     assert len(pd.read_parquet(tmp_path / "rows" / "cmaq-a0.4-it2.parquet")) == 6

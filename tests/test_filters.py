@@ -310,11 +310,6 @@ def test_junk_rules_settings_are_validated():
 
 
 def test_a_content_table_without_a_district_is_filtered_as_one_with_null_districts():
-    import pyarrow as pa
-
-    from cmaq.config import FiltersConfig
-    from filters.chain import FilterChain
-
     rows = {"content_id": ["c1", "c1"], "lang": ["en", "en"], "shop_name": ["Jade Hotpot"] * 2,
             "title": ["Jade Hotpot review"] * 2, "body": ["Great beef tripe and broth."] * 2,
             "shop_info": ["Jade Hotpot · Riverside · hours 10:00-22:00"] * 2, "query": ["beef tripe dipping sauce", "10:00-22:00"]}

@@ -108,6 +108,7 @@ def test_proxy_check_compares_its_ranking_and_choice_with_the_oracle():
     assert len(points) == 6 and points["chosen"].sum() == 2
     verdict = hl.check_proxy(points, arms, 0.4, 3)
     assert verdict.verdict == hl.MET and verdict.evidence["spearman"] == pytest.approx(1.0)
+    assert verdict.evidence["within_seed_spearman_mean"] == pytest.approx(1.0)
     misled = _training({0: [1.2, 1.1, 1.0], 1: [1.3, 0.9, 1.1]})   # the opposite order
     rows, arms = _arms(_world(ctr), {s: m["selected_iteration"] for s, m in misled.items()})
     verdict = hl.check_proxy(hl.proxy_points(rows, misled, 0.4), arms, 0.4, 3)
@@ -136,6 +137,7 @@ def test_the_registry_freezes_the_first_settings_and_lists_every_run(tmp_path):
     assert changed == ["world.seed: 11 → 12"]
     registry.record({"seeds": [0]}, [], {"cmaq_delta_ctr": -0.1})
     registry.record({"seeds": [0, 1, 2]}, changed, {"cmaq_delta_ctr": 0.02})
+    registry.record({"seeds": [0, 1, 2]}, changed, {"cmaq_delta_ctr": 0.02})   # a resume re-evaluating its cache
     entries = RunRegistry(tmp_path).entries()
     assert [e["run"] for e in entries] == [1, 2] and entries[1]["differs_from_fixed"] == changed
     assert registry.frozen()["settings"] == fixed

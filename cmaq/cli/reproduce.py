@@ -51,6 +51,7 @@ from training.evaluate.offline import Evaluator, Policy, ab_provenance, load_tes
 from training.evaluate.report import write_evaluation
 from training.evaluate.rm_checks import check_reward_models
 from training.evaluate.runs import RunRegistry, fixed_settings
+from training.evaluate.tables import figure7_name
 from training.reward_models.train import train_ctr, train_expansion
 from training.sft import train_qsa
 
@@ -96,13 +97,13 @@ PROFILES: dict[str, list[str]] = {
             "align.warmup_steps=5", "align.temperature=1.0", "align.sampler_batch=64", "engine.hf_batch_size=64",
             *_HEADLINE_ALIGN],
     # Two seeds (the headline's seed machinery) and the full protocol's additions on the first, each reduced
-    # to a point or two.
+    # to a point or two; Figure 7 at the run's own k (CMAQ's run, reused) and at another (its own samples).
     "smoke": ["world.items=400", "world.seed=5", "rm_exp.epochs=0.3", "rm_ctr.epochs=0.2", "rm_ctr.patience=1",
               "rm_ctr.max_train_examples=400", "rm_exp.max_train_examples=300", "align.contents=48", "align.k=6",
               "align.probe_contents=16", "align.iterations=2", "align.baseline_epochs=1",
               "reproduce.test_contents=16", "reproduce.protocol=full", "reproduce.seeds=[0, 1]",
               "reproduce.full_seeds=1", "reproduce.alphas=[0.4, 0.6]", "reproduce.baseline_alphas=[0.4]",
-              "reproduce.ablation_alphas=[0.4]", "reproduce.figure7_k=[6]", "reproduce.figure7_gamma=[0.2, 0.5]",
+              "reproduce.ablation_alphas=[0.4]", "reproduce.figure7_k=[4, 6]", "reproduce.figure7_gamma=[0.2]",
               "reproduce.figure7_alphas=[0.4]", "reproduce.bootstrap=200", *_TINY_TRAINING, "align.select=proxy"],
 }
 ABLATION_SETTINGS = {"cmaq-wo-ot": {"reuse_first": True}, "cmaq-wo-cds": {"mean": "arithmetic"},
@@ -125,10 +126,6 @@ def profile_config(profile: str, config_file: str | None = None, overrides: tupl
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     return load_config(config_file, [*PROFILES[profile], *overrides])
-
-
-def figure7_name(k: int, gamma: float) -> str:
-    return f"cmaq-k{k}-g{gamma:g}"
 
 
 class Reproduction:
@@ -172,11 +169,16 @@ class Reproduction:
             return self.cmaq_dir(seed, alpha)
         return self.seed_dir(seed) / "figure7" / f"{figure7_name(k, gamma)}-a{alpha:g}"
 
+    def first_samples(self, seed: int, k: int) -> Path:
+        """The seed's QSA samples at ``k`` per content, drawn once and shared by every run that samples as many."""
+        name = "qsa-samples.parquet" if k == self.cfg.align.k else f"qsa-samples-k{k}.parquet"
+        return self.seed_dir(seed) / name
+
     def _align_cfg(self, out: Path, alpha: float, seed: int, **changes):
         c = self.cfg.align
         return replace(c, out=str(out), alpha=alpha, seed=seed, qsa=str(self.out / "qsa" / "adapter"),
                        rm_exp=str(self.out / "rm-exp"), rm_ctr=str(self.out / "rm-ctr"),
-                       first_samples=str(self.seed_dir(seed) / "qsa-samples.parquet"), **changes)
+                       first_samples=str(self.first_samples(seed, changes.get("k", c.k))), **changes)
 
     def _align(self, align_cfg) -> dict:
         return run_align(align_cfg, str(self.data / "sft"), model_cfg=self.cfg.model, engine_cfg=self.cfg.engine,
@@ -362,9 +364,11 @@ class Reproduction:
                 pol += [Policy("dpo-soup", str(base / f"dpo-soup-a{a:g}" / "adapter"), a, seed=seed) for a in r.alphas]
                 pol += [Policy("dpo-lw", str(base / f"dpo-lw-a{a:g}" / "adapter"), a, seed=seed)
                         for a in r.baseline_alphas]
-                pol += [Policy(name, str(self.seed_dir(seed) / f"{name}-a{a:g}" / "adapter"), a, seed=seed)
+                # the ablations and Figure 7 at the last iteration, as CMAQ's fronts and the claims compare them
+                last = f"iter-{T}"
+                pol += [Policy(name, str(self.seed_dir(seed) / f"{name}-a{a:g}" / last / "adapter"), a, seed=seed)
                         for a in r.ablation_alphas for name in ABLATION_SETTINGS]
-                pol += [Policy(figure7_name(k, g), str(self.figure7_dir(seed, k, g, a) / "adapter"), a, seed=seed)
+                pol += [Policy(figure7_name(k, g), str(self.figure7_dir(seed, k, g, a) / last / "adapter"), a, seed=seed)
                         for a in r.figure7_alphas for k in r.figure7_k for g in r.figure7_gamma]
             pol += [Policy("morl", str(base / f"morl-a{a:g}" / "adapter"), a, seed=seed) for a in morl_alphas]
         return pol
@@ -383,9 +387,6 @@ class Reproduction:
     def evaluate(self) -> dict:
         r = self.cfg.reproduce
         items = load_test_items(str(self.world), str(self.data / "test_contents"), r.test_contents)
-        registry = RunRegistry(Path(r.report) / "reproduction")
-        # The first oracle-space evaluation freezes these settings; a later run that departs from them says so.
-        differences = registry.check_fixed(fixed_settings(self.cfg))
         evaluator = Evaluator(base_model_dir(self.cfg.model, self.cfg.sft.model_dir), str(self.out / "rm-exp"),
                               str(self.out / "rm-ctr"), items, str(self.out / "eval"), engine_cfg=self.cfg.engine,
                               filters_cfg=self.cfg.filters)
@@ -396,11 +397,15 @@ class Reproduction:
             frames.append(evaluator.rows(policy))
         self.timings["evaluation"] = round(time.perf_counter() - t0, 1)
         self._save_timings()
+        registry = RunRegistry(Path(r.registry or Path(r.report) / "reproduction"))
+        # The first oracle-space evaluation freezes these settings; a later run that departs from them says so.
+        differences = registry.check_fixed(fixed_settings(self.cfg))
         provenance = {**self.provenance(len(items)), **ab_provenance(evaluator)}
         result = write_evaluation(pd.concat(frames, ignore_index=True), Path(r.report), provenance, r.bootstrap,
                                   self.cfg.world.seed, reward_models=self.reward_model_metrics(), world=self.world,
                                   training=self.training_summaries(), headline_alpha=r.headline_alpha,
-                                  iterations=self.cfg.align.iterations, protocol=r.protocol, registry=registry,
+                                  iterations=self.cfg.align.iterations, protocol=r.protocol,
+                                  full_seeds=self.full_seeds, registry=registry,
                                   differences=differences, settings=self.run_settings())
         return result
 

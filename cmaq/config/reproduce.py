@@ -13,6 +13,9 @@ class ReproduceConfig:
     out: str = field_help("Working directory of every step (world, data, RMs, adapters, evaluation rows).",
                           default="runs/reproduce")
     report: str = field_help("Where reproduction.md, its tables (CSV/JSON) and figures (PNG) go.", default="reports")
+    registry: str = field_help(
+        "Folder of the run registry (fixed.json: the settings the first evaluation froze; runs.jsonl: every "
+        "evaluated run). Empty: <report>/reproduction. make reproduce-full shares make reproduce's.", default="")
     protocol: str = field_help(
         "'headline' (`make reproduce`): QSA, DPO, MORL and CMAQ at `headline_alpha` for every seed of `seeds`. "
         "'full' (`make reproduce-full`): the headline, then on the first `full_seeds` seeds DPO-LW, DPO-Soup, "

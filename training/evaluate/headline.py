@@ -131,7 +131,13 @@ def check_proxy(points: pd.DataFrame, arms: pd.DataFrame, alpha: float, iteratio
     if len(points) < 3 or chosen is None or last is None:
         return Verdict("proxy", statement, NOT_TESTED, {"points": len(points)})
     rho = spearman(points["proxy"], points["exposed_ctr"])
-    evidence = {"spearman": None if rho != rho else round(float(rho), 4), "points": points.to_dict("records"),
+    # The check pools the seeds, as the issue states it; the proxy only has to rank one seed's iterations, so
+    # the mean within-seed correlation is shown beside it.
+    within = [spearman(g["proxy"], g["exposed_ctr"]) for _, g in points.groupby("seed") if len(g) >= 2]
+    within = [x for x in within if x == x]
+    evidence = {"spearman": None if rho != rho else round(float(rho), 4),
+                "within_seed_spearman_mean": round(float(np.mean(within)), 4) if within else None,
+                "points": points.to_dict("records"),
                 "chosen_delta_ctr": float(chosen["delta_ctr"]), "last_delta_ctr": float(last["delta_ctr"])}
     ok = rho == rho and rho >= PROXY_SPEARMAN and _at_least(chosen["delta_ctr"], last["delta_ctr"])
     return Verdict("proxy", statement, _verdict(bool(ok)), evidence)

@@ -15,6 +15,8 @@ One row per (policy, content) comes out, every content exactly once.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +28,7 @@ import pyarrow as pa
 from cmaq.config import EngineConfig, FiltersConfig, config_hash
 from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import make_engine
+from cmaq.engines.base import adapter_version
 from cmaq.world.oracle import ITEM_COLUMNS, Oracle
 from filters.chain import FilterChain
 from training.preference import beam_candidates
@@ -104,6 +107,17 @@ def evaluate_policy(policy: Policy, items: Sequence[dict], engine, scorer, oracl
     }, columns=list(ROW_COLUMNS))
 
 
+def reward_model_version(rm_dir: str) -> str:
+    """Hash of what an RM scores with: its weights, head calibration and settings (not metrics.json, which
+    the RM checks write into)."""
+    h = hashlib.sha256()
+    for p in sorted(Path(rm_dir).rglob("*")):
+        if p.is_file() and "checkpoint" not in p.parts and p.name != "metrics.json":
+            h.update(str(p.relative_to(rm_dir)).encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
 class Evaluator:
     """Engine, reward models, oracle and the serving chain, loaded once for every policy of a run.
 
@@ -122,21 +136,31 @@ class Evaluator:
                              "decodes the same in both")
         self.engine = make_engine(replace(engine_cfg, backend="hf", model_dir=model_dir))
         self.scorer, self.oracle = RewardScorer(rm_exp, rm_ctr), Oracle()
+        self.rm_versions = (reward_model_version(rm_exp), reward_model_version(rm_ctr))
         # The nightly's own chain and settings: the A/B exposes what the pool would serve.
         self.chain = FilterChain.serving(filters_cfg)
         self.serving = {"filters": list(self.chain.names), "filters_config_hash": config_hash(filters_cfg),
                         "decoding": {"backend": "hf (as vllm at length_penalty 0)",
                                      **{k: getattr(engine_cfg, k) for k in DECODING_FIELDS}}}
 
+    def cache_key(self, policy: Policy) -> dict:
+        """What a policy's cached rows depend on: its adapter, the RMs, the held-out contents, the serving."""
+        return {"policy": policy_record(policy), "adapter": adapter_version(policy.adapter),
+                "reward_models": self.rm_versions,
+                "contents": [str(it["content_id"]) for it in self.items], "serving": self.serving}
+
     def rows(self, policy: Policy) -> pd.DataFrame:
-        path = self.out / f"{policy.name}.parquet"
-        if path.exists():
+        """The policy's rows, from ``<out>/<policy>.parquet`` when its key file matches (else evaluated)."""
+        path, key_path = self.out / f"{policy.name}.parquet", self.out / f"{policy.name}.key.json"
+        key = json.loads(json.dumps(self.cache_key(policy), default=str))
+        if path.exists() and key_path.exists() and json.loads(key_path.read_text()) == key:
             return pd.read_parquet(path)
         frame = evaluate_policy(policy, self.items, self.engine, self.scorer, self.oracle, self.chain)
         self.out.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         frame.to_parquet(tmp, index=False)
         tmp.replace(path)
+        key_path.write_text(json.dumps(key))
         return frame
 
 

@@ -12,11 +12,9 @@ from training.evaluate.headline import judge_headline, note_blindness_by_arm, to
 from training.evaluate.runs import RunRegistry
 from training.evaluate.stats import pareto_front
 from training.evaluate.style import style_summary
-from training.evaluate.tables import (REFERENCE, SPACES, final_rows, hypervolumes, proxy_arm, reward_hacking, summarise,
-                                      summarise_arms, with_chosen_iterations)
+from training.evaluate.tables import (FIGURE7_PREFIX, PROXY_ITERATION, REFERENCE, SPACES, final_rows, hypervolumes,
+                                      proxy_arm, reward_hacking, summarise, summarise_arms, with_chosen_iterations)
 
-#: Figure 7's policies: CMAQ at one (k, γ), named cmaq-k<k>-g<γ>.
-FIGURE7_PREFIX = "cmaq-k"
 LABELS = {"rm": ("mean r_ctr (CTR RM)", "mean r_exp (expansion RM)"),
           "oracle": ("oracle true CTR", "oracle true expansion")}
 
@@ -86,7 +84,7 @@ def plot_fronts(out: Path, summary: pd.DataFrame) -> list[str]:
 
 
 def plot_figure7(out: Path, summary: pd.DataFrame) -> list[str]:
-    """Figure 7: CMAQ's front over α for each k (at the run's γ) and each γ (at the run's k), per space."""
+    """Figure 7: CMAQ's front over α for every (k, γ) of the grid, one line each, per space."""
     fig7 = summary[summary["method"].str.startswith(FIGURE7_PREFIX)]
     if fig7.empty:
         return []
@@ -228,7 +226,8 @@ def registry_lines(entries: list[dict], frozen: dict) -> list[str]:
 
 def write_report(path: Path, tables: dict[str, pd.DataFrame], verdicts: list[Verdict], checks: list[Verdict],
                  provenance: dict, figures: list[str], figure_dir: str, reward_models: dict | None = None,
-                 training: dict | None = None, registry: tuple[list[dict], dict] = ([], {})) -> None:
+                 training: dict | None = None, registry: tuple[list[dict], dict] = ([], {}),
+                 headline_alpha: float = 0.4) -> None:
     """``reports/reproduction.md``: provenance, the acceptance checks, the paper's claims, the tables
     (means over seeds, then per seed), the training runs' guards, reward hacking, the RMs, every run."""
     arms, by_seed = tables["summary"], tables["summary_by_seed"]
@@ -245,11 +244,13 @@ def write_report(path: Path, tables: dict[str, pd.DataFrame], verdicts: list[Ver
               "standard error); `exposed_ctr` / `exposed_exp` are the oracle's CTR and expansion of what the simulated "
               "A/B shows (the first beam candidate passing the nightly's serving chain, 0 when none does); ΔCTR is "
               "relative to QSA with a 95% interval that resamples seeds and contents together, `delta_ctr_seed_sd` the "
-              f"spread of the seeds' own ΔCTR. `{proxy_arm(0.4).replace('0.4', '<α>')}` is each seed's proxy-chosen "
-              "iteration.", ""]
+              "spread of the seeds' own ΔCTR and `delta_ctr_seed_t_lo/hi` a t-interval over them (with three seeds a "
+              "resample of seeds has only ten distinct draws, so the bootstrap's interval understates their spread). "
+              f"`{proxy_arm(headline_alpha)}` is each seed's proxy-chosen iteration.", ""]
     lines.append(_md_table(arms, ["policy", "seeds", "r_ctr", "r_exp", "combined", "combined_gain", "true_ctr",
                                   "true_exp", "exposed_ctr", "exposed_exp", "exposure_rate", "delta_ctr",
-                                  "delta_ctr_lo", "delta_ctr_hi", "delta_ctr_seed_sd"]))
+                                  "delta_ctr_lo", "delta_ctr_hi", "delta_ctr_seed_sd", "delta_ctr_seed_t_lo",
+                                  "delta_ctr_seed_t_hi"]))
     lines += ["", "Collapse and style on the held-out notes (means over seeds): `distinct_top1_share`, the most "
               "frequent top-1 string's `top_string_share`, and `own_kind_share`, the share of top beams that are the "
               "note's own kind of query (one of its grammar queries other than the shop-name, title and near copies, "
@@ -274,7 +275,7 @@ def write_report(path: Path, tables: dict[str, pd.DataFrame], verdicts: list[Ver
         lines.append(_md_table(points, ["seed", "iteration", "proxy", "exposed_ctr", "chosen"]))
         lines.append("")
     hv = tables["hypervolume"]
-    lines += [f"## Hypervolume (reference point {REFERENCE}, both spaces; means over seeds)", ""]
+    lines += [f"## Hypervolume (reference point {REFERENCE}, both spaces; means over the seeds every point has)", ""]
     lines.append(_md_table(hv, ["method", "points", "hv_rm", "front_rm", "hv_oracle", "front_oracle"], 5))
     hacking = tables["reward_hacking"]
     lines += ["", "## Reward-hacking check (means over seeds)", ""]
@@ -306,14 +307,16 @@ def arm_tables(rows: pd.DataFrame, rounds: int, seed: int, world, top1: pd.DataF
 def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed: int,
                      reward_models: dict | None = None, world: str | Path | None = None,
                      training: dict | None = None, headline_alpha: float = 0.4, iterations: int | None = None,
-                     protocol: str = "headline", registry: RunRegistry | None = None,
+                     protocol: str = "headline", full_seeds: list[int] = (), registry: RunRegistry | None = None,
                      differences: list[str] = (), settings: dict | None = None) -> dict:
     """Tables, figures, verdicts and the Markdown report from the per-content rows of every policy.
 
     ``reward_models``: each RM's metrics (the reward-model section); ``world``: its answer key (the share of
     top beams that are the note's own kind of query); ``training``: per seed, the headline CMAQ run's
     metrics.json (its proxy's choice, gate failures and probe figures); ``registry``: where this run is
-    recorded beside every earlier one (``differences``: its departures from the fixed settings)."""
+    recorded beside every earlier one (``differences``: its departures from the fixed settings). With the
+    full protocol the fronts, hypervolumes and the paper's claims compare policies on the seeds every one of
+    them has (``full_seeds``), so a 3-seed point never meets a 1-seed one."""
     training = training or {}
     if "arm" not in rows:  # rows of one seed written before seeds existed (`cmaq eval policies`)
         rows = rows.assign(arm=rows["policy"], seed=-1)
@@ -323,9 +326,13 @@ def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed
     by_seed = summarise(rows, rounds, seed)
     top1 = top1_figures(rows)
     arms = arm_tables(rows, rounds, seed, world, top1)
-    hv = hypervolumes(arms)
+    alike = arms
+    if protocol == "full" and full_seeds:
+        shared = rows[rows["seed"].isin([-1, *full_seeds])]
+        alike = arm_tables(shared, rounds, seed, world, top1[top1["seed"].isin([-1, *full_seeds])])
+    hv = hypervolumes(alike)
     hacking = reward_hacking(arms)
-    verdicts = judge(arms, hv)
+    verdicts = judge(alike, hv)
     checks, points = judge_headline(arms, rows, hv, training, headline_alpha, iterations, protocol, top1)
     tables = {"summary": arms, "summary_by_seed": by_seed, "hypervolume": hv, "reward_hacking": hacking,
               "top1": top1, "proxy_points": points, "note_blindness": note_blindness_by_arm(rows)}
@@ -333,7 +340,7 @@ def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed
     write_tables(folder, {k: v.drop(columns=[c for c in ("delta_ctr_by_seed",) if c in v]) for k, v in tables.items()},
                  [*checks, *verdicts])
     rows.to_parquet(folder / "rows.parquet", index=False)
-    figures = plot_fronts(folder, arms) + plot_figure7(folder, arms)
+    figures = plot_fronts(folder, alike) + plot_figure7(folder, alike)
     entries, frozen = [], {}
     if registry is not None:
         cmaq = arms[arms["policy"] == proxy_arm(headline_alpha)]
@@ -342,6 +349,7 @@ def write_evaluation(rows, report_dir: Path, provenance: dict, rounds: int, seed
                          "checks": {v.claim: v.verdict for v in checks}})
         entries, frozen = registry.entries(), registry.frozen()
     write_report(report_dir / "reproduction.md", tables, verdicts, checks, provenance, figures, "reproduction",
-                 reward_models, training, (entries, frozen))
+                 reward_models, training, (entries, frozen), headline_alpha)
+    evaluated = by_seed[by_seed["iteration"] != PROXY_ITERATION]
     return {"report": str(report_dir / "reproduction.md"), "claims": {v.claim: v.verdict for v in verdicts},
-            "checks": {v.claim: v.verdict for v in checks}, "policies": len(by_seed)}
+            "checks": {v.claim: v.verdict for v in checks}, "policies": len(evaluated)}

@@ -68,7 +68,13 @@ class RunRegistry:
         return json.loads(self.fixed_path.read_text()) if self.fixed_path.exists() else {}
 
     def record(self, settings: dict, differences: list[str], figures: dict) -> dict:
-        entry = {"run": len(self.entries()) + 1, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        """Append this run, unless it repeats the last entry (a resumed run re-evaluating cached rows)."""
+        entries = self.entries()
+        same = {"settings": settings, "differs_from_fixed": differences, "figures": figures}
+        if entries and json.loads(json.dumps({k: entries[-1][k] for k in same}, default=float)) == \
+                json.loads(json.dumps(same, default=float)):
+            return entries[-1]
+        entry = {"run": len(entries) + 1, "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                  "settings": settings, "differs_from_fixed": differences, "figures": figures}
         self.folder.mkdir(parents=True, exist_ok=True)
         with self.runs_path.open("a", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 
 from cmaq.rewards import combine
 from training.evaluate.stats import (bootstrap_mean, bootstrap_relative_delta, bootstrap_seeds_contents_delta,
@@ -53,6 +54,16 @@ def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataF
     return pd.DataFrame(out)
 
 
+#: Figure 7's policies: CMAQ at one (k, γ), named by :func:`figure7_name`.
+FIGURE7_PREFIX = "cmaq-k"
+#: The iteration label of the proxy's arm (real iterations count from 1; other methods have -1).
+PROXY_ITERATION = 0
+
+
+def figure7_name(k: int, gamma: float) -> str:
+    return f"{FIGURE7_PREFIX}{k}-g{gamma:g}"
+
+
 def proxy_arm(alpha: float) -> str:
     """The arm of CMAQ at ``alpha`` served at each seed's proxy-chosen iteration."""
     return f"cmaq-a{alpha:g}-proxy"
@@ -66,7 +77,7 @@ def with_chosen_iterations(rows: pd.DataFrame, chosen: dict[int, int], alpha: fl
     picked = [p for p in picked if len(p)]
     if not picked:
         return rows
-    arm = pd.concat(picked).assign(arm=proxy_arm(alpha), iteration=0)
+    arm = pd.concat(picked).assign(arm=proxy_arm(alpha), iteration=PROXY_ITERATION)
     arm["policy"] = arm["arm"] + "-s" + arm["seed"].astype(str)
     return pd.concat([rows, arm], ignore_index=True)
 
@@ -74,6 +85,17 @@ def with_chosen_iterations(rows: pd.DataFrame, chosen: dict[int, int], alpha: fl
 def _by_seed(g: pd.DataFrame, column: str, contents: pd.Index) -> np.ndarray:
     """``column`` of one arm's rows as a (seeds, contents) matrix in the order of ``contents``."""
     return g.pivot(index="seed", columns="content_id", values=column)[contents].to_numpy(float)
+
+
+def seed_t_interval(per_seed: list[float], level: float = 0.95) -> dict:
+    """A t-interval over the seeds' own values: with few seeds, resampling them understates their spread
+    (three seeds give ten distinct resamples), so the report shows this one beside the bootstrap's."""
+    n = len(per_seed)
+    if n < 2:
+        return {"delta_ctr_seed_t_lo": np.nan, "delta_ctr_seed_t_hi": np.nan}
+    mean, half = float(np.mean(per_seed)), float(student_t.ppf((1 + level) / 2, n - 1) * np.std(per_seed, ddof=1)
+                                               / np.sqrt(n))
+    return {"delta_ctr_seed_t_lo": mean - half, "delta_ctr_seed_t_hi": mean + half}
 
 
 def summarise_arms(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -104,7 +126,7 @@ def summarise_arms(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.
                 rec.update(combined_gain=b["mean"], combined_gain_se=b["se"])
             d = bootstrap_seeds_contents_delta(m["exposed_true_ctr"], c["exposed_true_ctr"], rounds, seed)
             rec.update(delta_ctr=d["delta"], delta_ctr_lo=d["lo"], delta_ctr_hi=d["hi"], delta_ctr_seed_sd=d["seed_sd"],
-                       delta_ctr_by_seed=d["seed_deltas"])
+                       delta_ctr_by_seed=d["seed_deltas"], **seed_t_interval(d["seed_deltas"]))
             e = bootstrap_seeds_contents_delta(m["exposed_true_exp"], c["exposed_true_exp"], rounds, seed)
             rec.update(delta_exp=e["delta"], delta_exp_lo=e["lo"], delta_exp_hi=e["hi"])
         else:
@@ -115,7 +137,8 @@ def summarise_arms(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.
 
 
 def final_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """Each method's final policies: for iterated methods only the last iteration (not the proxy's arm)."""
+    """Each method's final policies: for iterated methods only the last iteration (never the proxy's arm)."""
+    summary = summary[summary["iteration"] != PROXY_ITERATION]
     last = summary.groupby(["method", "alpha"], dropna=False)["iteration"].transform("max")
     return summary[summary["iteration"] == last]
 
