@@ -24,6 +24,16 @@ def combined(r_exp, r_ctr, alpha: float) -> np.ndarray:
     return combine(np.asarray(r_exp, float), np.asarray(r_ctr, float), alpha)
 
 
+def score_means(g: pd.DataFrame, alpha) -> dict:
+    """One policy's (or arm's) mean scores over its rows: both RMs, the oracle, the combined reward at
+    ``alpha`` (NaN without one), the exposed query's CTR and the exposure rate."""
+    rec = {col: float(g[col].mean()) for col in ("r_exp", "r_ctr", "true_exp", "true_ctr")}
+    rec["combined"] = float(combined(g["r_exp"], g["r_ctr"], alpha).mean()) if pd.notna(alpha) else np.nan
+    rec["exposed_ctr"] = float(g["exposed_true_ctr"].mean())
+    rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
+    return rec
+
+
 def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row per policy: means of the four scores, the combined reward at the policy's α, the exposed
     (A/B) CTR and its relative change against QSA with a paired bootstrap interval."""
@@ -33,12 +43,7 @@ def summarise(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.DataF
         g = g.set_index("content_id")
         alpha = g["alpha"].iloc[0]
         rec = {"policy": name, "method": g["method"].iloc[0], "alpha": alpha, "iteration": int(g["iteration"].iloc[0]),
-               "contents": len(g)}
-        for col in ("r_exp", "r_ctr", "true_exp", "true_ctr"):
-            rec[col] = float(g[col].mean())
-        rec["combined"] = float(combined(g["r_exp"], g["r_ctr"], alpha).mean()) if pd.notna(alpha) else np.nan
-        rec["exposed_ctr"] = float(g["exposed_true_ctr"].mean())
-        rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
+               "contents": len(g), **score_means(g, alpha)}
         if len(control) and name != control["policy"].iloc[0]:
             c = control.loc[g.index]
             if pd.notna(alpha):  # the combined reward's gain over QSA at this α, paired by content
@@ -111,13 +116,8 @@ def summarise_arms(rows: pd.DataFrame, rounds: int = 1000, seed: int = 0) -> pd.
     for arm, g in rows.groupby("arm", sort=False):
         alpha = g["alpha"].iloc[0]
         rec = {"policy": arm, "method": g["method"].iloc[0], "alpha": alpha, "iteration": int(g["iteration"].iloc[0]),
-               "seeds": int(g["seed"].nunique()), "contents": int(g["content_id"].nunique())}
-        for col in ("r_exp", "r_ctr", "true_exp", "true_ctr"):
-            rec[col] = float(g[col].mean())
-        rec["combined"] = float(combined(g["r_exp"], g["r_ctr"], alpha).mean()) if pd.notna(alpha) else np.nan
-        rec["exposed_ctr"] = float(g["exposed_true_ctr"].mean())
-        rec["exposed_exp"] = float(g["exposed_true_exp"].mean())
-        rec["exposure_rate"] = float(g["exposed_query"].notna().mean())
+               "seeds": int(g["seed"].nunique()), "contents": int(g["content_id"].nunique()), **score_means(g, alpha),
+               "exposed_exp": float(g["exposed_true_exp"].mean())}
         if c and rec["method"] != CONTROL:
             m = {col: _by_seed(g, col, contents) for col in c}
             if pd.notna(alpha):
