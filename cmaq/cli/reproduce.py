@@ -66,8 +66,8 @@ _HEADLINE_ALIGN = ["align.reward=lcb", "align.lcb_kappa=1.0", "align.select=prox
 _CPU = ["model.factory=task", "world.items=4000", "world.seed=11", "engine.max_model_len=481",
         # The RMs on the tiny backbone (issue 17: CTR pair accuracy 0.886 there, 0.830 on the task model) at a
         # quarter of the task model's step cost, which pays for K = 3 members; one pass each over a bootstrap
-        # resample (CTR: 1,416 steps, ~4.6 min per member; expansion: ~2.3 min per pass, and one pass, since
-        # two of three members' validation loss was lowest after the first).
+        # resample (CTR: 1,416 steps, ~4.6 min per member; expansion: ~2.3 min, one pass, since with two every
+        # member's validation loss was lowest after the first or the second).
         "reproduce.rm_factory=tiny", "rm_exp.members=3", "rm_ctr.members=3", "rm_exp.epochs=1", "rm_ctr.epochs=1",
         "align.contents=1000", "align.k=8", "align.iterations=3", "reproduce.test_contents=500", *_TINY_TRAINING,
         # QSA on the task model: scale alpha / r = 2 (the method's 8 / 32 left its top beam on popular
@@ -77,9 +77,9 @@ _CPU = ["model.factory=task", "world.items=4000", "world.seed=11", "engine.max_m
         # lr 1e-3, 1.15 at 5e-4, 0.96 at 2e-4 (β0 = 1), 1.64 at 5e-4 with β0 = 0.1; the sampled reward rose
         # alike at 1e-3 and 5e-4 (0.477 → 0.534), less at 2e-4 (0.523). Half the drift for the same gain.
         "align.lr=5e-4", "align.beta0=1.0", *_HEADLINE_ALIGN,
-        # What fits 120 minutes (measured: a 200-note probe of one policy ≈ 100 s, a DPO epoch on 1,000 pairs
-        # 162 s): 100 probe notes, and the baselines two epochs over their pairs (≈ as many steps as CMAQ's
-        # three iterations take over theirs) instead of the method's three.
+        # Cut to fit 120 minutes (make reproduce at these sizes: 104.6 min; a CMAQ run with its probes 576-592 s,
+        # DPO or MORL 130-140 s): 100 probe notes instead of 200, and the baselines two epochs over their pairs
+        # (about as many steps as CMAQ's three iterations take over theirs) instead of the method's three.
         "align.probe_contents=100", "align.baseline_epochs=2"]
 PROFILES: dict[str, list[str]] = {
     # The engines' prompt budget is the training one (448 tokens), so beams see the prompts the policy
