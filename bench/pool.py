@@ -39,7 +39,7 @@ def main(args: argparse.Namespace) -> dict:
         generate_world(WorldConfig(seed=args.seed, items=args.items), tmp / "world")
         cfg = load_config(None, [f"engine.backend={args.backend}", f"pool.root={tmp / 'pool'}",
                                  f"pool.adapter={json.dumps(args.adapter)}",
-                                 f"pool.chunk_items={max(args.items // 4, 1)}"])
+                                 f"pool.items_per_partition={max(args.items // 8, 1)}"])
         items = pq.read_table(tmp / "world" / "content").to_pylist()
 
         t0 = time.perf_counter()

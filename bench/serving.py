@@ -49,7 +49,7 @@ def bench_jobs(args: argparse.Namespace, tmp: Path) -> dict:
     path = tmp / "content.parquet"
     content.to_parquet(path, index=False)
     cfg = [f"engine.backend={args.backend}", f"pool.root={tmp / 'pool'}",
-           f"pool.chunk_items={max(args.items // 4, 1)}"]
+           f"pool.items_per_partition={max(args.items // 8, 1)}"]
     spark = get_spark("cmaq-bench-serving", master="local[2]")
     t0 = time.perf_counter()
     nightly = build_pool(spark, load_config(None, cfg), str(path))

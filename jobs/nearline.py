@@ -30,7 +30,7 @@ from cmaq.pool import atomic_write, new_op_id
 from cmaq.pool.versions import current_version, read_manifest
 from jobs.entry import EXIT_ERROR, EXIT_OK, content_job_parser, run_content_job, run_recorded
 from jobs.gates import check_every_item_once
-from jobs.generate import generate_chunks, staged_frames
+from jobs.generate import generate_partitions, staged_frames
 from jobs.plan import KEY, keyed_content, max_updated_at_ms, read_content, resolve_serving
 from jobs.pool_tables import named_keys, version_frames
 from jobs.publish import publish_delta
@@ -117,8 +117,8 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
     if n_todo:
         staging_root = root / "staging" / "nearline"
         with timer("generate"):
-            staged, stats = generate_chunks(todo, n_todo, serving, cfg.filters, cfg.pool.chunk_items,
-                                            cfg.pool.partitions_per_chunk, staging_root, report.op_id)
+            staged, stats = generate_partitions(todo, n_todo, serving, cfg.filters, cfg.pool, staging_root,
+                                                report.op_id)
         report.counts["generated"] = stats["generated"] + stats["skipped"]
         frames = staged_frames(spark, staged)
         check_every_item_once(frames, todo)

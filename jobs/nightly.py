@@ -1,4 +1,4 @@
-"""The nightly recall-pool job: extract -> plan -> generate (chunked) -> assemble -> gates -> publish.
+"""The nightly recall-pool job: extract -> plan -> generate (one stage) -> assemble -> gates -> publish.
 
     spark-submit jobs/nightly.py --content data/world/content --set pool.root=/data/pool
 
@@ -11,7 +11,7 @@ engine, serving filters on the executors), :mod:`jobs.gates`, :mod:`jobs.publish
     versions/<run_id>/dropped/       DROPPED_SCHEMA (reason codes)
     versions/<run_id>/quarantine/    QUARANTINE_SCHEMA
     versions/<run_id>/manifest.json  written last
-    staging/<plan_id>/chunk=NNNNN/   generated output of one chunk, then its _COMMITTED marker
+    staging/<plan_id>/pNNNNN/        one plan partition's generated rows, then its _COMMITTED marker
     runs/<run_id>.json               every run's manifest, published or not
 
 Exit codes: 0 published, 1 error, 3 ran but failed the data-quality gates (nothing published).
@@ -30,7 +30,7 @@ from cmaq.pool import new_op_id
 from cmaq.pool.versions import TABLES, current_version, read_manifest
 from jobs.entry import EXIT_ERROR, EXIT_GATES, Timer, content_job_parser, run_content_job, run_recorded
 from jobs.gates import run_gates, table_counts
-from jobs.generate import generate_chunks, staged_frames
+from jobs.generate import generate_partitions, staged_frames
 from jobs.plan import KEY, carried_keys, keyed_content, max_updated_at_ms, read_content, resolve_serving
 from jobs.pool_tables import read_pool_table, version_frames, write_tables
 from jobs.publish import prune_versions, publish_version
@@ -47,7 +47,7 @@ class RunReport:
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     gates: dict = field(default_factory=dict)
-    chunks: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
     spark_app_id: str = ""
     previous_version: str | None = None
     published_version: str | None = None
@@ -89,10 +89,11 @@ def _run(spark: SparkSession, cfg: CmaqConfig, content_source: str, root: Path, 
     report.counts["to_generate"] = n_todo
 
     with timer("generate"):
-        staged, stats = generate_chunks(todo, n_todo, serving, cfg.filters, cfg.pool.chunk_items,
-                                        cfg.pool.partitions_per_chunk, root / "staging", report.run_id)
+        staged, stats = generate_partitions(todo, n_todo, serving, cfg.filters, cfg.pool, root / "staging",
+                                            report.run_id)
     report.counts["generated"], report.counts["skipped_committed"] = stats.pop("generated"), stats.pop("skipped")
-    report.chunks = stats
+    report.counts["engine_restarts"] = stats["engine_restarts"]
+    report.generation = stats
 
     with timer("assemble"):
         tmp = root / "versions" / f".{report.run_id}.tmp"

@@ -112,9 +112,9 @@ def carried_keys(keyed: DataFrame, prev_frames: dict | None) -> DataFrame:
     return keyed.select(*KEY).join(named_keys(prev_frames, KEY), list(KEY), "inner")
 
 
-def plan_id(todo: DataFrame, n: int, versions: dict) -> str:
-    """Same items to generate with the same model, adapter and config -> same staging directory,
-    so a rerun after a crash finds the chunks the first run committed."""
+def plan_id(todo: DataFrame, n: int, versions: dict, n_partitions: int) -> str:
+    """Same items to generate with the same model, adapter, config and partition count -> same
+    staging directory, so a rerun after a crash finds the partitions the first run committed."""
     agg = todo.agg(F.sum(F.xxhash64("content_id", "content_hash").cast("decimal(38,0)"))).first()[0] if n else 0
-    blob = json.dumps({"n": n, "sum": str(agg), **versions}, sort_keys=True)
+    blob = json.dumps({"n": n, "sum": str(agg), "partitions": n_partitions, **versions}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

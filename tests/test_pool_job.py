@@ -54,7 +54,7 @@ def _rows(vdir: Path) -> pd.DataFrame:
 
 def test_filters_inside_the_job_and_carry_forward(spark, small_world, tmp_path):
     root = tmp_path / "pool"
-    cfg = load_config(None, [DOUBLE, f"pool.root={root}", "pool.chunk_items=250"])
+    cfg = load_config(None, [DOUBLE, f"pool.root={root}", "pool.items_per_partition=150"])
     report = build_pool(spark, cfg, str(small_world / "content"))
     assert report.exit_code == EXIT_OK, report.error
     vdir, manifest = _version(root)
@@ -104,7 +104,7 @@ def test_a_task_failing_on_its_first_attempt_is_retried(small_world, tmp_path):
     root = tmp_path / "pool"
     proc = _job(root, small_world / "content",
                 {"CMAQ_SPARK_MASTER": "local[2,2]", "CMAQ_FAULT_INJECTION": "generate_first_attempt"},
-                ["--set", "pool.chunk_items=300"])
+                ["--set", "pool.items_per_partition=150"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "injected failure" in out  # the first attempts really failed
@@ -117,37 +117,74 @@ def test_a_task_failing_on_its_first_attempt_is_retried(small_world, tmp_path):
 def test_kill_and_resume(small_world, tmp_path):
     content = small_world / "content"
     # the killed run's lease expires quickly so the rerun is not locked out for the default two hours
-    chunks = ["--set", "pool.chunk_items=100", "--set", "pool.partitions_per_chunk=1", "--set", "pool.lease_ttl_s=2"]
+    parts = ["--set", "pool.items_per_partition=100", "--set", "pool.lease_ttl_s=2"]
     killed_root = tmp_path / "killed"
-    proc = _job(killed_root, content, {"CMAQ_TEST_ENGINE_DELAY": "1.5"}, chunks)
+    proc = _job(killed_root, content, {"CMAQ_TEST_ENGINE_DELAY": "1.5"}, [*parts, "--set", "pool.engine_batch=20"])
     deadline = time.time() + 300
     committed = []
     while time.time() < deadline and proc.poll() is None:
-        committed = list(killed_root.glob("staging/*/chunk=*/_COMMITTED"))
+        committed = list(killed_root.glob("staging/*/p*/_COMMITTED"))
         if committed:
             break
         time.sleep(0.2)
-    assert committed, "no chunk committed in time"
+    assert committed, "no partition committed in time"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    committed = list(killed_root.glob("staging/*/chunk=*/_COMMITTED"))
-    n_chunks = 6
-    assert 1 <= len(committed) < n_chunks and not (killed_root / "current").exists()
-    committed_items = sum(json.loads(m.read_text())["items"] for m in committed)
+    committed = {m.parent.name: json.loads(m.read_text()) for m in killed_root.glob("staging/*/p*/_COMMITTED")}
+    n_parts = 6
+    assert 1 <= len(committed) < n_parts and not (killed_root / "current").exists()
+    committed_items = sum(m["items"] for m in committed.values())
     time.sleep(2.5)
 
-    resumed = _job(killed_root, content, {}, chunks)
+    resumed = _job(killed_root, content, {}, parts)
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out[-3000:]
     _, manifest = _version(killed_root)
     assert manifest["counts"]["skipped_committed"] == committed_items
     assert manifest["counts"]["generated"] == 600 - committed_items
+    assert manifest["generation"]["committed_before"] == len(committed)
+    # the rerun generated only what the killed run had not committed: its rows carry the rerun's id
+    staged_by = pq.read_table(killed_root / "versions" / manifest["run_id"] / "pool").to_pandas()
+    killed_run = {m["run_id"] for m in committed.values()}
+    assert staged_by["run_id"].isin(killed_run).sum() > 0 and staged_by["run_id"].eq(manifest["run_id"]).sum() > 0
 
     clean_root = tmp_path / "clean"
-    clean = _job(clean_root, content, {}, chunks)
+    clean = _job(clean_root, content, {}, parts)
     out, _ = clean.communicate(timeout=600)
     assert clean.returncode == 0, out[-3000:]
     assert _rows(_version(killed_root)[0]).equals(_rows(_version(clean_root)[0]))
+
+
+def test_a_dead_engine_is_rebuilt_inside_the_task(spark, small_world, tmp_path, monkeypatch):
+    monkeypatch.setenv("CMAQ_FAULT_INJECTION", "engine_dies_once")
+    root = tmp_path / "pool"
+    cfg = load_config(None, [DOUBLE, f"pool.root={root}", "pool.items_per_partition=200", "pool.max_quarantine_rate=0"])
+    report = build_pool(spark, cfg, str(small_world / "content"))
+    assert report.exit_code == EXIT_OK, (report.error, report.gates)
+    assert report.counts["engine_restarts"] == 1 and report.generation["engine_restarts"] == 1
+    assert report.counts["quarantined"] == 0 and report.counts["pool_items"] >= 540
+    assert report.gates["every_item_accounted_for"]["ok"]
+    assert json.loads((root / "runs" / f"{report.run_id}.json").read_text())["counts"]["engine_restarts"] == 1
+
+
+def test_an_item_that_kills_the_worker_is_hunted_down_and_quarantined(small_world, tmp_path):
+    content = pq.read_table(small_world / "content").to_pandas()
+    killer = content["content_id"].iloc[137]
+    root = tmp_path / "pool"
+    proc = _job(root, small_world / "content",
+                {"CMAQ_SPARK_MASTER": "local[2,4]", "CMAQ_TEST_KILLER_ID": killer},  # Spark's default 4 attempts
+                ["--set", "engine.backend=tests.doubles.engines:WorkerKillingEngine",
+                 "--set", "pool.items_per_partition=300", "--set", "pool.engine_batch=256"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    vdir, manifest = _version(root)
+    quarantine = pq.read_table(vdir / "quarantine").to_pandas()
+    assert quarantine[["content_id", "reason"]].values.tolist() == [[killer, "engine_crash"]]
+    assert manifest["generation"]["engine_crash"] == 1
+    assert manifest["counts"]["quarantined_by_reason"] == {"engine_crash": 1}
+    served = set(pq.read_table(vdir / "pool").to_pandas()["content_id"])
+    dropped = set(pq.read_table(vdir / "dropped").to_pandas()["content_id"])
+    assert set(content["content_id"]) - {killer} <= served | dropped  # the rest of its partition was served
 
 
 def test_bad_input_with_the_real_engine(spark, small_world, tmp_path, tiny_model):

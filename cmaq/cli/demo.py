@@ -113,7 +113,7 @@ def run_pool(cfg, world_dir: Path, out: Path, n_items: int, times: StepTimes) ->
     pool_root = out / "pool"
     if pool_root.exists():
         shutil.rmtree(pool_root)
-    cfg = with_values(cfg, {"pool.root": str(pool_root), "pool.chunk_items": max(1, n_items // 2)})
+    cfg = with_values(cfg, {"pool.root": str(pool_root), "pool.items_per_partition": max(1, n_items // 4)})
     print(f"[demo] running the recall-pool job on {n_items} notes (Spark local mode, vLLM engine)", flush=True)
     with times.step("spark start"):
         spark = get_spark("cmaq-demo")

@@ -53,9 +53,23 @@ class PoolConfig:
                            default="pool")
     adapter: str = field_help("PEFT adapter directory served by the job; empty serves the bare base model.",
                               default="")
-    chunk_items: int = field_help("Items per generation chunk; each chunk is committed to staging on its own, "
-                                  "so a rerun after a crash redoes at most one chunk.", default=500)
-    partitions_per_chunk: int = field_help("Spark partitions per chunk (one engine per Python worker).", default=2)
+    partitions: int = field_help(
+        "Generation partitions P: each item goes to pmod(hash(content_id), P), one Spark task each, all in "
+        "one stage. 0 = ceil(items to generate / items_per_partition). Keep P >= 8 x engine slots so the "
+        "last tasks of the stage are short (the stage's tail is idle engine time).", default=0)
+    items_per_partition: int = field_help(
+        "Target items per generation partition when pool.partitions = 0. A partition is the unit of commit "
+        "and of redo: a crash or kill redoes at most the partitions in flight, a smaller one costs more "
+        "task launches (about 10-50 ms each).", default=500)
+    engine_batch: int = field_help(
+        "Items per engine call inside a task. Larger batches keep a GPU engine busy (vLLM schedules the "
+        "whole call); each call is also the unit a dead engine redoes and a crash hunt starts from.",
+        default=256)
+    max_engine_restarts: int = field_help(
+        "Times one task may close and rebuild a dead engine before it fails (Spark's task retry then "
+        "starts with no cached engine).", default=2)
+    progress_every_s: float = field_help("Seconds between the driver's progress lines while generating.",
+                                         default=30.0)
     max_quarantine_rate: float = field_help("Gate: most items that may be quarantined (0-1).", default=0.05)
     max_volume_change: float = field_help(
         "Gate: largest relative change of pool rows against the previous version (0-1); the first "
@@ -80,8 +94,11 @@ class PoolConfig:
         return self.kv_url or f"sqlite:///{Path(self.root).resolve()}/kv.db"
 
     def __post_init__(self) -> None:
-        require(self.chunk_items >= 1, "chunk_items", "must be >= 1")
-        require(self.partitions_per_chunk >= 1, "partitions_per_chunk", "must be >= 1")
+        require(self.partitions >= 0, "partitions", "must be >= 0 (0: from items_per_partition)")
+        require(self.items_per_partition >= 1, "items_per_partition", "must be >= 1")
+        require(self.engine_batch >= 1, "engine_batch", "must be >= 1")
+        require(self.max_engine_restarts >= 0, "max_engine_restarts", "must be >= 0")
+        require(self.progress_every_s > 0, "progress_every_s", "must be > 0")
         require(0.0 <= self.max_quarantine_rate <= 1.0, "max_quarantine_rate", "must be in [0, 1]")
         require(self.max_volume_change >= 0.0, "max_volume_change", "must be >= 0")
         require(self.keep_versions >= 1, "keep_versions", "must be >= 1")

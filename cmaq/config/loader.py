@@ -104,6 +104,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+# Keys a release removed, with what replaces them: an old config file fails with the way forward.
+REMOVED_KEYS = {
+    "pool.chunk_items": "removed: generation is one stage over pool.partitions hash partitions; set "
+                        "pool.items_per_partition (the old chunk size / partitions_per_chunk is the closest "
+                        "equivalent) or pool.partitions",
+    "pool.partitions_per_chunk": "removed: set pool.partitions (total generation partitions) or leave it 0 "
+                                 "and set pool.items_per_partition",
+}
+
+
+def unknown_key(key: str, known) -> ConfigError:
+    if key in REMOVED_KEYS:
+        return ConfigError(f"{key}: {REMOVED_KEYS[key]}")
+    return ConfigError(f"{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
 def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a table, got {data!r}")
@@ -112,7 +128,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise ConfigError(f"{where}{unknown[0]}: unknown key (known: {', '.join(sorted(fields))})")
+        raise unknown_key(f"{where}{unknown[0]}", fields)
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -196,7 +212,7 @@ def _replace_path(obj: Any, parts: list[str], value: Any, prefix: str) -> Any:
     key = f"{prefix}.{name}" if prefix else name
     names = {f.name for f in dataclasses.fields(obj)}
     if name not in names:
-        raise ConfigError(f"{key}: unknown key (known: {', '.join(sorted(names))})")
+        raise unknown_key(key, names)
     if len(parts) == 1:
         new = _coerce(value, typing.get_type_hints(type(obj))[name], key)
     else:

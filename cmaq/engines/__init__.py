@@ -10,11 +10,12 @@ import importlib
 import threading
 
 from cmaq.config import EngineConfig, ModelConfig
-from cmaq.engines.base import Candidate, Engine, GenResult
+from cmaq.engines.base import Candidate, Engine, EngineDead, GenResult
 from cmaq.engines.task_model import task_model_dir
 from cmaq.engines.tiny import build_tiny_model
 
-__all__ = ["Candidate", "Engine", "GenResult", "base_model_dir", "get_engine", "make_engine"]
+__all__ = ["Candidate", "Engine", "EngineDead", "GenResult", "base_model_dir", "evict_engine", "get_engine",
+           "make_engine"]
 
 _ENGINES: dict[tuple, Engine] = {}
 _LOCK = threading.Lock()
@@ -49,10 +50,27 @@ def make_engine(cfg: EngineConfig) -> Engine:
     return VllmEngine(cfg, model_dir)
 
 
+def _key(cfg: EngineConfig) -> tuple:
+    return tuple(sorted(vars(cfg).items()))
+
+
 def get_engine(cfg: EngineConfig) -> Engine:
-    """The process's engine for this configuration: created on first use, reused for every batch."""
-    key = tuple(sorted(vars(cfg).items()))
+    """The process's engine for this configuration: created on first use, reused for every batch.
+    A build that raises caches nothing, so the next call (or Spark's next task attempt) tries afresh."""
     with _LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = make_engine(cfg)
-        return _ENGINES[key]
+        if _key(cfg) not in _ENGINES:
+            _ENGINES[_key(cfg)] = make_engine(cfg)
+        return _ENGINES[_key(cfg)]
+
+
+def evict_engine(cfg: EngineConfig) -> bool:
+    """Drop the process's engine for this configuration (a dead one) and close it; the next
+    :func:`get_engine` builds a new one. Returns whether there was one."""
+    with _LOCK:
+        engine = _ENGINES.pop(_key(cfg), None)
+    if engine is not None and hasattr(engine, "close"):
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - a dead engine may fail to close; it is dropped either way
+            pass
+    return engine is not None

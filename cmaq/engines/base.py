@@ -5,6 +5,8 @@
 
 ``adapter`` is a PEFT adapter directory chosen per call: one engine serves many adapters. A bad
 item (empty, over-long, undecodable) comes back as a GenResult with an error; it never fails the
+batch. A dead engine (a CUDA error, a crashed engine core: every later call would fail too) is not
+a bad item: the engine raises :class:`EngineDead` instead, so its owner can rebuild it and redo the
 batch. Every result names the model and adapter it came from by content hash.
 """
 from __future__ import annotations
@@ -26,6 +28,21 @@ EMPTY_ITEM = "empty_item"
 PROMPT_TOO_LONG = "prompt_too_long"
 ENGINE_ERROR = "engine_error"
 BAD_ITEM = "bad_item"
+ENGINE_CRASH = "engine_crash"  # the item killed the worker process on every attempt (jobs.generate)
+
+
+class EngineDead(RuntimeError):
+    """The engine itself failed, not one of the items: close it and build a new one."""
+
+
+def dead_engine_error(exc: BaseException) -> bool:
+    """Whether an exception says the engine is gone whatever the input (vLLM's EngineDeadError, a
+    CUDA error that poisons the context, a closed engine), by class name and message, so the check
+    needs neither vllm nor torch imported."""
+    if isinstance(exc, EngineDead) or type(exc).__name__ in ("EngineDeadError", "EngineGenerateError"):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("CUDA error", "engine core", "EngineCore", "Engine is dead", "CUBLAS_STATUS"))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from typing import Mapping, Sequence
 
 from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
-from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, request_seed
+from cmaq.engines.base import ENGINE_ERROR, Candidate, EngineDead, GenResult, PromptBuilder, adapter_version, \
+    dead_engine_error, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -122,17 +123,33 @@ class VllmEngine:
                 Candidate(o.text.strip(), float(o.cumulative_logprob or 0.0), r) for r, o in enumerate(out.outputs)]
         return results
 
+    def alive(self) -> bool:
+        """One token from a one-token prompt: False when the engine no longer serves anything."""
+        from vllm import SamplingParams
+
+        try:
+            self._llm.generate([{"prompt_token_ids": [0]}], SamplingParams(max_tokens=1), use_tqdm=False)
+            return True
+        except Exception:  # noqa: BLE001 - any failure here means the engine, not an item, is broken
+            return False
+
     def _guarded(self, run, batch, slots, results, pass_slots: bool = False):
-        """Run the whole batch; if it raises, run items one by one so only the bad ones fail."""
+        """Run the whole batch. If it raises, a dead engine (the error says so, or a one-token probe
+        fails too) raises EngineDead for the owner to rebuild it; otherwise the items are run one by
+        one so only the bad ones fail."""
         try:
             return run(batch, slots) if pass_slots else run(batch)
         except Exception as exc:  # noqa: BLE001
+            if dead_engine_error(exc) or not self.alive():
+                raise EngineDead(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
             log.warning("vLLM batch of %d failed (%s); retrying item by item", len(batch), exc)
         outs = []
         for slot, one in zip(slots, batch):
             try:
                 outs.append((run([one], [slot]) if pass_slots else run([one]))[0])
             except Exception as exc:  # noqa: BLE001
+                if dead_engine_error(exc):
+                    raise EngineDead(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
                 results[slot].error = (ENGINE_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
                 outs.append(None)
         return outs

@@ -74,3 +74,17 @@ class MachineJunkEngine(PlantingEngine):
             district=item.get("district") or "town")
         texts = (junk + [good])[:k]
         return [Candidate(t, -1.0 - i, i) for i, t in enumerate(texts)]
+
+
+class WorkerKillingEngine(PlantingEngine):
+    """The planting engine, except that a batch holding the item named by CMAQ_TEST_KILLER_ID ends the
+    whole Python process on the spot (``os._exit``: no exception, no cleanup), as a segfault in a
+    native kernel or an out-of-memory kill would."""
+
+    def beam(self, items, width=5, adapter=None):
+        import os
+
+        killer = os.environ.get("CMAQ_TEST_KILLER_ID")
+        if killer and any(str(it.get("content_id")) == killer for it in items):
+            os._exit(137)
+        return super().beam(items, width=width, adapter=adapter)
