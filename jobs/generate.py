@@ -95,7 +95,6 @@ class PartitionJob:
     serving: Serving
     filters: FiltersConfig
     staging: str
-    n_partitions: int
     run_id: str
     generated_at_ms: int
     engine_batch: int
@@ -172,7 +171,10 @@ class CrashHunt:
         changed = False
         for f in sorted(self.pdir.glob("_inflight.*.json")):
             _, run, attempt, _ = f.name.split(".")
-            if run == self.run_id and int(attempt) < self.attempt:
+            this_run = run == self.run_id
+            if this_run and int(attempt) >= self.attempt:
+                continue  # a concurrent attempt's call in flight
+            if this_run:
                 ids = json.loads(f.read_text())
                 if len(ids) == 1:
                     self.crashed.add(ids[0])
@@ -182,8 +184,7 @@ class CrashHunt:
                     self.suspects = set(ids)
                     log.warning("a worker died on a call of %d items; narrowing them down", len(ids))
                 changed = True
-            if run != self.run_id or int(attempt) < self.attempt:
-                f.unlink(missing_ok=True)  # read, or left by a killed earlier run
+            f.unlink(missing_ok=True)  # read, or left by a killed earlier run
         if changed:
             atomic_write(self.state_path, json.dumps({"suspects": sorted(self.suspects),
                                                       "crashed": sorted(self.crashed)}))
@@ -197,9 +198,8 @@ class CrashHunt:
             self.inflight.unlink(missing_ok=True)
 
     def suspect_groups(self, held: list[dict]) -> list[list[dict]]:
-        n = min(CRASH_GROUPS, len(held))
-        size = math.ceil(len(held) / n) if n else 0
-        return [held[i:i + size] for i in range(0, len(held), size)] if n else []
+        size = max(1, math.ceil(len(held) / CRASH_GROUPS))
+        return [held[i:i + size] for i in range(0, len(held), size)]
 
 
 # --------------------------------------------------------------------------- one partition (executors)
@@ -218,7 +218,7 @@ def generate_partition(batches: Iterator[pa.RecordBatch], job: PartitionJob, ite
     if (pdir / COMMITTED).exists():
         for _ in batches:
             pass
-        yield _task_row(part, 0, True, 0.0, 0, 0, attempt)
+        yield _skipped_row(part, attempt)
         return
     pdir.mkdir(parents=True, exist_ok=True)
     hunt = CrashHunt(pdir, job.run_id, attempt)
@@ -235,7 +235,7 @@ def generate_partition(batches: Iterator[pa.RecordBatch], job: PartitionJob, ite
     writer.close()
     if (pdir / COMMITTED).exists():  # another attempt committed while this one ran
         tmp.unlink(missing_ok=True)
-        yield _task_row(part, 0, True, 0.0, 0, 0, attempt)
+        yield _skipped_row(part, attempt)
         return
     os.replace(tmp, pdir / "data.parquet")
     atomic_write(pdir / COMMITTED, json.dumps({
@@ -281,6 +281,10 @@ def _task_row(part, items, skipped, engine_s, restarts, crashed, attempt) -> pa.
     return pa.RecordBatch.from_pylist([{"part": part, "items": items, "skipped": skipped, "engine_s": engine_s,
                                         "restarts": restarts, "crashed": crashed, "attempt": attempt}],
                                       schema=TASK_SCHEMA)
+
+
+def _skipped_row(part: int, attempt: int) -> pa.RecordBatch:
+    return _task_row(part, 0, True, 0.0, 0, 0, attempt)
 
 
 def _serve(hunt: CrashHunt, slot: EngineSlot, chain, items: list[dict], job: PartitionJob) -> pa.RecordBatch:
@@ -369,7 +373,7 @@ def generate_partitions(todo: DataFrame, n_todo: int, serving: Serving, filters_
     stats = {"plan_id": pid, "partitions": n_parts, "committed_before": len(before), "skipped": skipped,
              "generated": 0, "engine_busy_s": 0.0, "engine_restarts": 0, "engine_crash": 0, "wall_s": 0.0}
     if n_todo and len(before) < n_parts:
-        job = PartitionJob(serving, filters_cfg, str(staging), n_parts, run_id, int(time.time() * 1000),
+        job = PartitionJob(serving, filters_cfg, str(staging), run_id, int(time.time() * 1000),
                            pool.engine_batch, pool.max_engine_restarts, os.environ.get(FAULT_ENV, ""))
         rows = todo.withColumn(PART, partition_column(n_parts))
         if before:

@@ -207,7 +207,7 @@ def test_bad_input_with_the_real_engine(spark, small_world, tmp_path, tiny_model
     path = tmp_path / "bad.parquet"
     pq.write_table(table, path)
     root = tmp_path / "pool"
-    cfg = load_config(None, [f"model.base_dir={tiny_model}", f"pool.root={root}", "pool.partitions_per_chunk=1",
+    cfg = load_config(None, [f"model.base_dir={tiny_model}", f"pool.root={root}", "pool.partitions=1",
                              "pool.max_quarantine_rate=0.5", "engine.max_new_tokens=12"])
     report = build_pool(spark, cfg, str(path))
     assert report.exit_code == EXIT_OK, (report.error, report.gates)

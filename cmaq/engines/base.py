@@ -35,6 +35,11 @@ class EngineDead(RuntimeError):
     """The engine itself failed, not one of the items: close it and build a new one."""
 
 
+def engine_dead(engine: str, exc: BaseException) -> EngineDead:
+    """The EngineDead an engine raises for ``exc`` (chain it: ``raise engine_dead(...) from exc``)."""
+    return EngineDead(f"{engine} engine failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+
 def dead_engine_error(exc: BaseException) -> bool:
     """Whether an exception says the engine is gone whatever the input (vLLM's EngineDeadError, a
     CUDA error that poisons the context, a closed engine), by class name and message, so the check

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
-from cmaq.engines.base import ENGINE_ERROR, Candidate, EngineDead, GenResult, PromptBuilder, adapter_version, \
-    content_id_of, dead_engine_error, request_seed
+from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, \
+    content_id_of, dead_engine_error, engine_dead, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,14 @@ class HFEngine:
                 self._fill(results, chunk, chunk_slots, bool(version), per_item, seeds, gen_kwargs)
             except Exception as exc:  # noqa: BLE001 - retry one by one so only bad items fail
                 if dead_engine_error(exc) or not self.alive():
-                    raise EngineDead(f"transformers engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+                    raise engine_dead("transformers", exc) from exc
                 log.warning("HF batch failed (%s); retrying item by item", exc)
                 for p, s in zip(chunk, chunk_slots):
                     try:
                         self._fill(results, [p], [s], bool(version), per_item, seeds, gen_kwargs)
                     except Exception as exc1:  # noqa: BLE001
                         if dead_engine_error(exc1):
-                            raise EngineDead(f"transformers engine failed: {type(exc1).__name__}: "
-                                             f"{str(exc1)[:300]}") from exc1
+                            raise engine_dead("transformers", exc1) from exc1
                         results[s].error = (ENGINE_ERROR, f"{type(exc1).__name__}: {str(exc1)[:300]}")
         return results
 

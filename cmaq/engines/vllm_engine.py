@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 
 from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
-from cmaq.engines.base import ENGINE_ERROR, Candidate, EngineDead, GenResult, PromptBuilder, adapter_version, \
-    dead_engine_error, request_seed
+from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, \
+    dead_engine_error, engine_dead, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class VllmEngine:
             return run(batch, slots) if pass_slots else run(batch)
         except Exception as exc:  # noqa: BLE001
             if dead_engine_error(exc) or not self.alive():
-                raise EngineDead(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+                raise engine_dead("vLLM", exc) from exc
             log.warning("vLLM batch of %d failed (%s); retrying item by item", len(batch), exc)
         outs = []
         for slot, one in zip(slots, batch):
@@ -149,7 +149,7 @@ class VllmEngine:
                 outs.append((run([one], [slot]) if pass_slots else run([one]))[0])
             except Exception as exc:  # noqa: BLE001
                 if dead_engine_error(exc):
-                    raise EngineDead(f"vLLM engine failed: {type(exc).__name__}: {str(exc)[:300]}") from exc
+                    raise engine_dead("vLLM", exc) from exc
                 results[slot].error = (ENGINE_ERROR, f"{type(exc).__name__}: {str(exc)[:300]}")
                 outs.append(None)
         return outs
