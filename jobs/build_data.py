@@ -12,7 +12,8 @@ import json
 import sys
 
 from jobs.data.builders import run
-from jobs.entry import add_config_options, setup
+from jobs.contract import BadInput
+from jobs.entry import EXIT_BAD_INPUT, add_config_options, setup
 from jobs.spark import get_spark
 
 
@@ -32,12 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     cfg = setup(args)
     if cfg is None:
-        return 2
+        return EXIT_BAD_INPUT
     if not args.world and not args.content:
         print("Error: give --world or --content (and --logs / --annotations)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     spark = get_spark(f"cmaq-data-{args.kind}")
-    summary = run(args.kind, cfg, args.world, args.out, spark, args.content, args.logs, args.annotations)
+    try:
+        summary = run(args.kind, cfg, args.world, args.out, spark, args.content, args.logs, args.annotations)
+    except BadInput as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
     return 0
 

@@ -15,9 +15,14 @@ from typing import Callable, Iterator
 from cmaq.config import CmaqConfig, ConfigError, PoolConfig, load_config
 from cmaq.pool import write_record
 from cmaq.pool.lease import writer_lease
+from jobs.contract import BadInput
 from jobs.spark import get_spark
 
-EXIT_OK, EXIT_ERROR, EXIT_GATES = 0, 1, 3
+# 0 published (or refreshed), 1 error, 2 bad input or configuration, 3 ran but failed the gates.
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATES = 0, 1, 2, 3
+EXIT_CODES_HELP = ("Exit codes: 0 published (refreshed, or nothing to do), 1 error, 2 bad input or "
+                   "configuration (nothing written but runs/<id>.json), 3 the data-quality gates failed "
+                   "(nothing published).")
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +44,10 @@ def setup(args: argparse.Namespace) -> CmaqConfig | None:
 
 def content_job_parser(doc: str) -> argparse.ArgumentParser:
     """The parser of a job that reads one content table (the nightly and the nearline refresh)."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--content", required=True, help="Content Parquet path or table name.")
+    p = argparse.ArgumentParser(description=doc, epilog=EXIT_CODES_HELP,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--content", required=True, help="Content Parquet path or table name (the input contract: "
+                                                    "jobs/contract.py).")
     add_config_options(p)
     return p
 
@@ -51,7 +58,7 @@ def run_content_job(argv: list[str] | None, doc: str, app_name: str, job, fields
     args = content_job_parser(doc).parse_args(argv)
     cfg = setup(args)
     if cfg is None:
-        return 2
+        return EXIT_BAD_INPUT
     report = asdict(job(get_spark(app_name), cfg, args.content))
     print(json.dumps({k: report[k] for k in fields}, default=str))
     return report["exit_code"]
@@ -70,6 +77,20 @@ class Timer:
             yield
         finally:
             self.report.timings[name] = round(time.perf_counter() - t0, 2)
+
+
+def checked_input(root: Path, report, op_id: str, read: Callable[[], object]):
+    """``read()``, the input contract's check, before any lease or staging. On :class:`BadInput` the
+    report says ``bad_input`` with the one-line reason, ``runs/<op_id>.json`` records it (when the
+    pool root exists) and None is returned: nothing else is written."""
+    try:
+        return read()
+    except BadInput as exc:
+        log.error("bad input: %s", exc)
+        report.status, report.exit_code, report.error = "bad_input", EXIT_BAD_INPUT, str(exc)
+        if root.exists():
+            write_record(root, op_id, asdict(report))
+        return None
 
 
 def run_recorded(pool_cfg: PoolConfig, report, op_id: str, owner: str, steps: Callable[[Timer], None]) -> None:

@@ -11,8 +11,13 @@ key replaced in one step, then the delta's Parquet renamed into place. The water
 ``updated_at`` read — advances only after both. It starts from the nightly's newest ``updated_at``
 and restarts whenever the current version changes (a new nightly or a rollback).
 
+A takedown row (``content_id`` with ``deleted = true``) updated after the watermark takes the item
+down in the same delta: its queries move to ``dropped`` with reason ``purged``, its cache key goes.
+The content table is checked against the nightly's input contract (:mod:`jobs.contract`) first;
+rows it sets aside are counted in the run record (``counts.rejected``), not put in the delta.
+
 Rows without ``updated_at`` are never picked up here; the nightly sees them.
-Exit codes: 0 refreshed (or nothing to do), 1 error.
+Exit codes: 0 refreshed (or nothing to do), 1 error, 2 bad input or configuration.
 """
 from __future__ import annotations
 
@@ -28,12 +33,14 @@ from pyspark.sql import functions as F
 from cmaq.config import CmaqConfig
 from cmaq.pool import atomic_write, new_op_id
 from cmaq.pool.versions import current_version, read_manifest
-from jobs.entry import EXIT_ERROR, EXIT_OK, content_job_parser, run_content_job, run_recorded
+from jobs.contract import live, takedowns
+from jobs.entry import EXIT_ERROR, EXIT_OK, checked_input, content_job_parser, run_content_job, run_recorded
 from jobs.gates import check_every_item_once
 from jobs.generate import generate_partitions, staged_frames
-from jobs.plan import KEY, keyed_content, max_updated_at_ms, read_content, resolve_serving
-from jobs.pool_tables import named_keys, version_frames
+from jobs.plan import KEY, CheckedContent, keyed_content, max_updated_at_ms, read_content, resolve_serving
+from jobs.pool_tables import generated_frames, named_keys, version_frames
 from jobs.publish import publish_delta
+from jobs.purge import item_takedown_delta
 
 WATERMARK_FILE = "nearline.json"
 
@@ -81,12 +88,14 @@ def refresh(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Refres
     """Run one refresh under the writer lease; never raises (see the report's exit_code)."""
     root = Path(cfg.pool.root)
     report = RefreshReport(op_id=new_op_id("nearline"), inputs={"content": content_source, "pool_root": str(root)})
-    run_recorded(cfg.pool, report, report.op_id, "nearline",
-                 lambda timer: _refresh(spark, cfg, content_source, root, report, timer))
+    checked = checked_input(root, report, report.op_id, lambda: read_content(spark, content_source))
+    if checked is not None:
+        run_recorded(cfg.pool, report, report.op_id, "nearline",
+                     lambda timer: _refresh(spark, cfg, checked, root, report, timer))
     return report
 
 
-def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: RefreshReport, timer) -> None:
+def _refresh(spark, cfg: CmaqConfig, checked: CheckedContent, root: Path, report: RefreshReport, timer) -> None:
     version = current_version(root)
     if version is None:
         raise FileNotFoundError(f"{root}: nothing published yet; run the nightly (cmaq pool build) first")
@@ -103,37 +112,51 @@ def _refresh(spark, cfg: CmaqConfig, content_source: str, root: Path, report: Re
     report.watermark["before_ms"] = since
 
     with timer("select"):
-        content = read_content(spark, content_source)
-        candidates = content.filter(F.expr("unix_millis(updated_at)") > F.lit(since)).cache()
-        served = version_frames(spark, root / "versions" / version)
-        classified = classify(candidates, named_keys(served, KEY)).cache()
+        rows = checked.rows
+        updated = rows.filter(F.expr("unix_millis(updated_at)") > F.lit(since)).cache()
+        frames = version_frames(spark, root / "versions" / version)
+        classified = classify(live(updated), named_keys(generated_frames(frames), KEY)).cache()
         by_change = {r[0]: int(r[1]) for r in classified.groupBy("change").count().collect()}
-    report.counts = {"candidates": sum(by_change.values()), **{k: by_change.get(k, 0)
-                                                              for k in ("new", "changed", "unchanged")}}
+        removals = takedowns(updated).select("content_id").cache()
+        n_takedowns = removals.count()
+        # Rejected rows stay out of a delta (it replaces every row of the ids it names); they are counted.
+        rejected = {r[0]: int(r[1]) for r in checked.rejected.groupBy("reason").count().collect()}
+    report.counts = {"candidates": sum(by_change.values()) + n_takedowns,
+                     **{k: by_change.get(k, 0) for k in ("new", "changed", "unchanged")},
+                     "takedowns": n_takedowns, "rejected": rejected}
     todo = keyed_content(classified.filter(F.col("change") != "unchanged"), versions).cache()
     n_todo = report.counts["new"] + report.counts["changed"]
-    newest = max_updated_at_ms(candidates) if report.counts["candidates"] else None
+    newest = max_updated_at_ms(updated) if report.counts["candidates"] else None
 
+    delta, staging = None, None
     if n_todo:
         staging_root = root / "staging" / "nearline"
         with timer("generate"):
             staged, stats = generate_partitions(todo, n_todo, serving, cfg.filters, cfg.pool, staging_root,
                                                 report.op_id)
         report.counts["generated"] = stats["generated"] + stats["skipped"]
-        frames = staged_frames(spark, staged)
-        check_every_item_once(frames, todo)
-        with timer("publish"):
-            record = {"op": "nearline", "op_id": report.op_id, "counts": report.counts}
-            report.delta = publish_delta(spark, cfg, version, frames, report.op_id, record)
-        shutil.rmtree(staging_root / stats["plan_id"], ignore_errors=True)
+        delta = staged_frames(spark, staged)
+        check_every_item_once(delta, todo)
+        staging = staging_root / stats["plan_id"]
     else:
         report.counts["generated"] = 0
+    if n_takedowns:
+        purged = item_takedown_delta(frames, removals)
+        report.counts["purged_items"] = purged["dropped"].select("content_id").distinct().count()
+        delta = purged if delta is None else {n: delta[n].unionByName(purged[n]) for n in delta}
+    if delta is not None:
+        with timer("publish"):
+            record = {"op": "nearline", "op_id": report.op_id, "counts": report.counts}
+            report.delta = publish_delta(spark, cfg, version, delta, report.op_id, record)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
     if newest is not None:
         save_watermark(root, version, max(newest, since), report.op_id)
     report.watermark["after_ms"] = max(newest or since, since)
-    report.status, report.exit_code = ("refreshed" if n_todo else "nothing_to_do"), EXIT_OK
-    for df in (todo, classified, candidates, content):
+    report.status, report.exit_code = ("refreshed" if delta is not None else "nothing_to_do"), EXIT_OK
+    for df in (todo, classified, updated, removals):
         df.unpersist()
+    checked.unpersist()
 
 
 def make_parser():

@@ -14,7 +14,13 @@ engine, serving filters on the executors), :mod:`jobs.gates`, :mod:`jobs.publish
     staging/<plan_id>/pNNNNN/        one plan partition's generated rows, then its _COMMITTED marker
     runs/<run_id>.json               every run's manifest, published or not
 
-Exit codes: 0 published, 1 error, 3 ran but failed the data-quality gates (nothing published).
+The content table is checked against the input contract (:mod:`jobs.contract`) before the writer
+lease is taken: a schema it refuses is exit 2 with a ``bad_input`` run record and nothing else
+written. Rows it sets aside (no id, an unreadable ``updated_at``, an older duplicate of an id) are
+the version's quarantine rows with their reason; takedown rows (``deleted = true``) are left out.
+
+Exit codes: 0 published, 1 error, 2 bad input or configuration, 3 ran but failed the data-quality
+gates (nothing published).
 """
 from __future__ import annotations
 
@@ -24,15 +30,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig
 from cmaq.pool import new_op_id
 from cmaq.pool.versions import TABLES, current_version, read_manifest
-from jobs.entry import EXIT_ERROR, EXIT_GATES, Timer, content_job_parser, run_content_job, run_recorded
+from cmaq.schema import QUARANTINE_SCHEMA
+from jobs.contract import live, takedowns
+from jobs.entry import (EXIT_ERROR, EXIT_GATES, Timer, checked_input, content_job_parser, run_content_job,
+                        run_recorded)
 from jobs.gates import run_gates, table_counts
 from jobs.generate import generate_partitions, staged_frames
-from jobs.plan import KEY, carried_keys, keyed_content, max_updated_at_ms, read_content, resolve_serving
-from jobs.pool_tables import read_pool_table, version_frames, write_tables
+from jobs.plan import (KEY, CheckedContent, carried_keys, keyed_content, max_updated_at_ms, read_content,
+                       resolve_serving)
+from jobs.pool_tables import generated_frames, read_pool_table, version_frames, write_tables
 from jobs.publish import prune_versions, publish_version
 
 
@@ -61,24 +72,30 @@ def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Run
     root.mkdir(parents=True, exist_ok=True)
     report = RunReport(run_id=new_op_id(), spark_app_id=spark.sparkContext.applicationId,
                        inputs={"content": content_source, "pool_root": str(root)})
-    run_recorded(cfg.pool, report, report.run_id, "nightly",
-                 lambda timer: _run(spark, cfg, content_source, root, report, timer))
+    checked = checked_input(root, report, report.run_id, lambda: read_content(spark, content_source))
+    if checked is not None:
+        run_recorded(cfg.pool, report, report.run_id, "nightly",
+                     lambda timer: _run(spark, cfg, checked, root, report, timer))
     return report
 
 
-def _run(spark: SparkSession, cfg: CmaqConfig, content_source: str, root: Path, report: RunReport,
+def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, root: Path, report: RunReport,
          timer: Timer) -> None:
     with timer("resolve_versions"):
         serving = resolve_serving(cfg)
         report.versions = serving.versions
         report.inputs["model_dir"] = serving.model_dir
     with timer("read"):
-        content = read_content(spark, content_source)
-        report.counts["read"] = content.count()
-        report.inputs["max_updated_at_ms"] = max_updated_at_ms(content)
+        rows, rejected = checked.rows, checked.rejected
+        content = live(rows)
+        n_rejected = rejected.count()
+        report.counts["taken_down"] = takedowns(rows).count()
+        report.counts["read"] = content.count() + n_rejected + report.counts["taken_down"]
+        report.inputs["max_updated_at_ms"] = max_updated_at_ms(rows)
     prev_id = current_version(root)
     report.previous_version = prev_id
-    prev_frames = version_frames(spark, root / "versions" / prev_id) if prev_id else None
+    # The previous version's own contract rows are not carried: tonight's input says what is rejected.
+    prev_frames = generated_frames(version_frames(spark, root / "versions" / prev_id)) if prev_id else None
 
     with timer("plan"):
         keyed = keyed_content(content, serving.versions)
@@ -97,11 +114,15 @@ def _run(spark: SparkSession, cfg: CmaqConfig, content_source: str, root: Path, 
 
     with timer("assemble"):
         tmp = root / "versions" / f".{report.run_id}.tmp"
-        write_tables(assemble(spark, staged, prev_frames, carried), tmp)
+        out = assemble(spark, staged, prev_frames, carried)
+        out["quarantine"] = out["quarantine"].unionByName(contract_quarantine(rejected, serving.versions,
+                                                                              report.run_id))
+        write_tables(out, tmp)
     with timer("gates"):
         written = {n: read_pool_table(spark, tmp / n, schema) for n, schema in TABLES}
         report.counts.update(table_counts(written))
-        report.gates = run_gates(written, content, report.counts, cfg,
+        expected = content.select("content_id").unionByName(rejected.select("content_id"))
+        report.gates = run_gates(written, expected, report.counts, cfg,
                                  read_manifest(root, prev_id) if prev_id else None)
     if not all(g["ok"] for g in report.gates.values()):
         report.status, report.exit_code = "gates_failed", EXIT_GATES
@@ -111,7 +132,7 @@ def _run(spark: SparkSession, cfg: CmaqConfig, content_source: str, root: Path, 
     shutil.rmtree(root / "staging" / stats["plan_id"], ignore_errors=True)
     prune_versions(root, cfg.pool.keep_versions)
     todo.unpersist()
-    content.unpersist()
+    checked.unpersist()
 
 
 def assemble(spark: SparkSession, staged: DataFrame | None, prev_frames: dict | None,
@@ -122,6 +143,15 @@ def assemble(spark: SparkSession, staged: DataFrame | None, prev_frames: dict | 
         out = {name: df.unionByName(prev_frames[name].join(carried, list(KEY), "left_semi"))
                for name, df in out.items()}
     return out
+
+
+def contract_quarantine(rejected: DataFrame, versions: dict, run_id: str) -> DataFrame:
+    """The rows the input contract set aside, as this version's quarantine rows."""
+    return rejected.select(
+        "content_id", "content_hash", "category", "reason", "detail",
+        *(F.lit(versions[k]).alias(k) for k in ("model_version", "adapter_version", "config_hash")),
+        F.lit(run_id).alias("run_id"), F.current_timestamp().alias("generated_at"),
+    ).select(*QUARANTINE_SCHEMA.names)
 
 
 def make_parser():

@@ -19,7 +19,7 @@ from cmaq.config import CmaqConfig, EngineConfig, config_hash
 from cmaq.config.engines import DECODING_FIELDS
 from cmaq.engines import base_model_dir
 from cmaq.engines.base import adapter_version
-from jobs.data.common import read_table, with_optional_content_fields
+from jobs.contract import check_rows, conform, read_content_table, rejected_rows, valid_rows
 from jobs.pool_tables import named_keys
 
 # What the prompt and the serving filters read (the district tells a place from a shop-info fact).
@@ -83,10 +83,30 @@ def with_content_hash(content: DataFrame) -> DataFrame:
     return content.withColumn("content_hash", F.substring(F.sha2(F.concat_ws("\u0001", *parts), 256), 1, 16))
 
 
-def read_content(spark: SparkSession, source: str) -> DataFrame:
-    """The content table with its content_hash, cached (the job reads it several times); an optional
-    field the table lacks is null."""
-    return with_content_hash(with_optional_content_fields(read_table(spark, source))).cache()
+@dataclass(frozen=True)
+class CheckedContent:
+    """The content table under the input contract (:mod:`jobs.contract`), each row with its
+    content_hash, cached once (the job reads it several times)."""
+
+    checked: DataFrame
+
+    @property
+    def rows(self) -> DataFrame:
+        """One row per content_id (takedowns included)."""
+        return valid_rows(self.checked)
+
+    @property
+    def rejected(self) -> DataFrame:
+        """The rows the contract set aside, with ``reason`` and ``detail``."""
+        return rejected_rows(self.checked)
+
+    def unpersist(self) -> None:
+        self.checked.unpersist()
+
+
+def read_content(spark: SparkSession, source: str) -> CheckedContent:
+    """Raises ``BadInput`` on a table the contract refuses, before any data is read."""
+    return CheckedContent(with_content_hash(check_rows(conform(read_content_table(spark, source)))).cache())
 
 
 def max_updated_at_ms(content: DataFrame) -> int | None:

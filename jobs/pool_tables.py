@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from cmaq.pool.sinks import encode_value
 from cmaq.pool.versions import TABLES, committed_deltas
 from jobs.arrow_spark import empty_frame, spark_schema
+from jobs.contract import REASONS as CONTRACT_REASONS
 
 
 def read_pool_table(spark, path: Path, schema):
@@ -51,6 +52,12 @@ def version_frames(spark, vdir: Path) -> dict:
         frames = {name: frames[name].join(named, "content_id", "left_anti").unionByName(parts[name])
                   for name in frames}
     return frames
+
+
+def generated_frames(frames: dict) -> dict:
+    """A version's frames without the rows the input contract set aside (duplicate ids, rows without
+    an id, ...): what the version made, as carry-forward and the nearline's classification read it."""
+    return {**frames, "quarantine": frames["quarantine"].filter(~F.col("reason").isin(*CONTRACT_REASONS))}
 
 
 def kv_items(pool, version: str) -> Iterator[tuple[str, bytes]]:

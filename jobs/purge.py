@@ -11,8 +11,10 @@ from cmaq.pool import new_op_id, write_record
 from cmaq.pool.lease import writer_lease
 from cmaq.pool.versions import current_version
 from filters.terms import TermMatcher
-from jobs.pool_tables import version_frames
+from jobs.pool_tables import named_keys, version_frames
 from jobs.publish import publish_delta
+
+PURGED = "purged"
 
 
 def purge(cfg: CmaqConfig, spark, content_ids: list[str] = (), terms: list[str] = ()) -> dict:
@@ -41,13 +43,29 @@ def purge(cfg: CmaqConfig, spark, content_ids: list[str] = (), terms: list[str] 
         removed = marked.filter("_purge").drop("_purge")
         n_removed = removed.count()
         if n_removed:
-            delta = {
-                "pool": marked.filter(~F.col("_purge")).drop("_purge").join(affected, "content_id", "left_semi"),
-                "dropped": frames["dropped"].join(affected, "content_id", "left_semi").unionByName(
-                    removed.withColumn("reason", F.lit("purged")).select(*frames["dropped"].columns)),
-                "quarantine": frames["quarantine"].join(affected, "content_id", "left_semi"),
-            }
-            record["delta"] = publish_delta(spark, cfg, version, delta, op_id, record)
+            kept = marked.filter(~F.col("_purge")).drop("_purge")
+            record["delta"] = publish_delta(spark, cfg, version, purge_delta(frames, affected, kept, removed),
+                                            op_id, record)
         record.update(queries_removed=n_removed, items_affected=affected.count())
     write_record(root, op_id, record)
     return record
+
+
+def purge_delta(frames: dict, affected, kept_pool, removed_pool) -> dict:
+    """The delta of a takedown: for each ``affected`` content id, its ``kept_pool`` rows stay served,
+    its ``removed_pool`` rows move to ``dropped`` with reason ``purged`` beside its dropped rows, and
+    its quarantine rows stay as they are."""
+    return {
+        "pool": kept_pool.join(affected, "content_id", "left_semi"),
+        "dropped": frames["dropped"].join(affected, "content_id", "left_semi").unionByName(
+            removed_pool.withColumn("reason", F.lit(PURGED)).select(*frames["dropped"].columns)),
+        "quarantine": frames["quarantine"].join(affected, "content_id", "left_semi"),
+    }
+
+
+def item_takedown_delta(frames: dict, content_ids) -> dict:
+    """The delta that takes whole items down (a DataFrame of ``content_id``s; those the version does
+    not name are ignored)."""
+    affected = named_keys(frames).join(content_ids.select("content_id").distinct(), "content_id", "left_semi")
+    return purge_delta(frames, affected, frames["pool"].limit(0), frames["pool"].join(affected, "content_id",
+                                                                                      "left_semi"))

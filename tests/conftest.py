@@ -1,6 +1,7 @@
 """Shared fixtures. Heavy parts (Spark, engines, tiny models) are session-scoped and built once."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,26 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pool_version(root: Path) -> tuple[Path, dict]:
+    """The current version's directory and manifest under a pool root."""
+    run_id = (root / "current").read_text().strip()
+    vdir = root / "versions" / run_id
+    return vdir, json.loads((vdir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def importable_doubles():
+    """Spark's Python workers import the engine doubles by name: the repository on their path.
+    (Use with ``pytestmark = pytest.mark.usefixtures("importable_doubles")``.)"""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
+    yield
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
 
 
 def command_json(output: str) -> dict:

@@ -20,29 +20,17 @@ from cmaq.config import load_config
 from jobs.entry import EXIT_GATES, EXIT_OK
 from jobs.nightly import build_pool
 
-from conftest import REPO, command_json
+from conftest import REPO, command_json, pool_version
 
 DOUBLE = "engine.backend=tests.doubles.engines:PlantingEngine"
 # The test's own patterns for what the engine double planted (not the filters' code).
 PLANTED = re.compile(r"fuck|\d{7,}|www\.|<script|coupon", re.IGNORECASE)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def importable_doubles():
-    # Spark's Python workers import the engine double by name: put the repository on their path.
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(REPO) + (os.pathsep + old if old else "")
-    yield
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
+pytestmark = pytest.mark.usefixtures("importable_doubles")
 
 
-def _version(root: Path) -> tuple[Path, dict]:
-    run_id = (root / "current").read_text().strip()
-    vdir = root / "versions" / run_id
-    return vdir, json.loads((vdir / "manifest.json").read_text())
+_version = pool_version
 
 
 def _rows(vdir: Path) -> pd.DataFrame:
@@ -269,10 +257,14 @@ def _kv_url(backend: str, tmp_path: Path, request) -> str:
 
 def _served(spark, root: Path) -> pd.DataFrame:
     """The current version's served rows as readers see them (nightly base plus deltas)."""
+    return _version_frames_pd(spark, root, "pool")
+
+
+def _version_frames_pd(spark, root: Path, table: str) -> pd.DataFrame:
     from cmaq.pool.versions import current_version
     from jobs.pool_tables import version_frames
 
-    return version_frames(spark, root / "versions" / current_version(root))["pool"].toPandas()
+    return version_frames(spark, root / "versions" / current_version(root))[table].toPandas()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -356,30 +348,39 @@ def test_nearline_refresh_processes_only_new_and_changed_items(spark, small_worl
     content.loc[content.content_id.isin(changed_ids), "shop_name"] = "Harbour Lights Bistro"
     content.loc[content.content_id.isin(changed_ids + touched_ids), "updated_at"] = later
     new["updated_at"] = later
-    pd.concat([content, new]).to_parquet(path, index=False)
+    victim = _served(spark, root).content_id.iloc[0]
+    takedown = pd.DataFrame({"content_id": [victim], "updated_at": [later], "deleted": [True]})
+    pd.concat([content.assign(deleted=False), new.assign(deleted=False), takedown]).to_parquet(path, index=False)
 
     args = [*sum([["--set", o] for o in opts], []), "pool", "refresh", "--content", str(path)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output[-3000:]
     out = command_json(result.output)
-    assert out["counts"] == {"candidates": 6, "new": 2, "changed": 2, "unchanged": 2, "generated": 4}
-    assert out["delta"]["items"] == 4 and out["version"] == nightly.run_id
+    assert out["counts"] == {"candidates": 7, "new": 2, "changed": 2, "unchanged": 2, "takedowns": 1,
+                             "rejected": {"duplicate_id": 1}, "generated": 4, "purged_items": 1}
+    assert out["delta"]["items"] == 5 and out["version"] == nightly.run_id
     reader = Reader(kv_url, "nl")
+    # the takedown: gone from the cache, its queries in dropped as purged
+    assert not reader.get(victim).hit
+    dropped = _version_frames_pd(spark, root, "dropped")
+    assert (dropped[dropped.content_id == victim].reason == "purged").sum() > 0
     served = _served(spark, root)
+    assert victim not in set(served.content_id)
     for cid in ["n-000001", "n-000002", *changed_ids]:
         hit = reader.get(cid)
         assert hit.hit and hit.version == nightly.run_id
         rows = served[served.content_id == cid].sort_values("rank")
         assert [q["query"] for q in hit.queries] == rows["query"].tolist()
     assert served[served.content_id.isin(changed_ids)]["query"].str.contains("Harbour Lights").any()
-    assert served.content_id.nunique() == nightly.counts["pool_items"] + 2
+    assert served.content_id.nunique() == nightly.counts["pool_items"] + 2 - 1
     assert not served.duplicated(["content_id", "query"]).any()
     # the watermark advanced: a second refresh finds nothing
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0 and command_json(again.output)["status"] == "nothing_to_do"
     # the next nightly agrees with what the refresh made: everything is carried forward
     next_night = build_pool(spark, load_config(None, opts), str(path))
-    assert next_night.counts["read"] == 202 and next_night.counts["generated"] == 0, next_night.counts
+    assert next_night.counts["read"] == 203 and next_night.counts["generated"] == 0, next_night.counts
+    assert next_night.counts["taken_down"] == 1 and victim not in set(_served(spark, root).content_id)
     # a refresh may not mix settings into a version made with others
     from jobs.nearline import refresh
 

@@ -5,6 +5,7 @@ import click
 
 from cmaq.cli.settings import BadInput, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
+from jobs.contract import BadInput as ContractBroken
 from jobs.data.builders import run
 from jobs.spark import get_spark
 
@@ -30,7 +31,10 @@ def _builder_command(kind: str, help_text: str) -> click.Command:
     def command(cfg: CmaqConfig, world, content, logs, annotations, out):
         if not world and not content:
             raise BadInput("give --world or --content")
-        summary = run(kind, cfg, world, out, get_spark(f"cmaq-data-{kind}"), content, logs, annotations)
+        try:
+            summary = run(kind, cfg, world, out, get_spark(f"cmaq-data-{kind}"), content, logs, annotations)
+        except ContractBroken as exc:
+            raise BadInput(str(exc)) from None
         echo_json({k: v for k, v in summary.items() if k != "config"})
 
     return click.command(kind, help=help_text)(command)

@@ -13,14 +13,17 @@ from jobs.spark import get_spark
 
 
 @click.command("build")
-@click.option("--content", required=True, help="Content Parquet path or table name.")
+@click.option("--content", required=True, help="Content Parquet path or table name (input contract: "
+              "content_id, title, body required; see the README).")
 @config_option("pool.root", "--root")
 @config_option("pool.adapter", "--adapter")
 @pass_config
 @click.pass_context
 def build(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
     """Generate, filter, gate and publish a complete pool version. Exit 0 published, 1 error,
-    3 gates failed (nothing published)."""
+    2 bad input or configuration (the content table breaks the input contract: one line names the
+    column, its type and the expected type; nothing written but runs/<id>.json), 3 gates failed
+    (nothing published)."""
     report = build_pool(get_spark("cmaq-pool-build"), cfg, content)
     echo_json({"run_id": report.run_id, "status": report.status, "counts": report.counts, "gates": report.gates,
                "error": report.error})
@@ -35,7 +38,8 @@ def build(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
 @click.pass_context
 def refresh(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
     """Nearline: generate queries for new or changed content and add them to the current version
-    (Parquet delta + cache). Exit 0 refreshed or nothing to do, 1 error."""
+    (Parquet delta + cache); takedown rows (deleted = true) purge their items. Exit 0 refreshed or
+    nothing to do, 1 error, 2 bad input or configuration."""
     report = refresh_pool(get_spark("cmaq-nearline"), cfg, content)
     echo_json({"op_id": report.op_id, "status": report.status, "version": report.version, "counts": report.counts,
                "watermark": report.watermark, "delta": report.delta, "error": report.error})

@@ -164,7 +164,7 @@ def run(kind: str, cfg: CmaqConfig, world: str | None, out: str, spark: SparkSes
         content: str | None = None, logs: str | None = None, annotations: str | None = None) -> dict:
     """Extract from a world directory (or explicit paths / tables), build, write, summarise."""
     t0 = time.perf_counter()
-    content_df = c.with_optional_content_fields(c.read_table(spark, content or f"{world}/content"))
+    content_df = c.read_content(spark, content or f"{world}/content")
     split = c.assign_split(content_df, cfg.data.test_fraction, cfg.data.validation_fraction).cache()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,14 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
 from cmaq.config import FiltersConfig
-from cmaq.schema import OPTIONAL_CONTENT_FIELDS
 from cmaq.text import normalize_array
 from filters.chain import shared_chain
+from jobs import contract
 
 PROMPT_COLUMNS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
 SPLIT_SALT = "cmaq-content-split-v1"
@@ -33,6 +33,11 @@ def read_table(spark: SparkSession, path_or_table: str) -> DataFrame:
         return spark.read.parquet(path_or_table)
     spark.catalog.refreshTable(path_or_table)
     return spark.table(path_or_table)
+
+
+def read_content(spark: SparkSession, path_or_table: str) -> DataFrame:
+    """The content table conformed to the input contract; raises ``BadInput`` before reading data."""
+    return contract.conform(contract.read_content_table(spark, path_or_table))
 
 
 def _bad(df: DataFrame, source: str, reason: Column, exclude: tuple[str, ...] = ()) -> DataFrame:
@@ -68,23 +73,15 @@ def validate_logs(logs: DataFrame) -> tuple[DataFrame, DataFrame]:
     ])
 
 
-def with_optional_content_fields(content: DataFrame) -> DataFrame:
-    """``content`` with each optional field it lacks as a null column, as the nightly's reader does."""
-    for name in OPTIONAL_CONTENT_FIELDS:
-        if name not in content.columns:
-            content = content.withColumn(name, F.lit(None).cast("string"))
-    return content
-
-
 def validate_content(content: DataFrame) -> tuple[DataFrame, DataFrame]:
-    good, bad = split_valid(content, "content", [
-        (F.col("content_id").isNull() | (F.trim("content_id") == ""), "null_content_id"),
-    ])
-    # A content id seen twice is ambiguous: keep the newest version, set the others aside.
-    w = Window.partitionBy("content_id").orderBy(F.col("updated_at").desc_nulls_last(), F.xxhash64(*good.columns))
-    ranked = good.withColumn("_n", F.row_number().over(w))
-    dupes = ranked.filter("_n > 1").drop("_n")
-    return ranked.filter("_n = 1").drop("_n"), bad.unionByName(_bad(dupes, "content", F.lit("duplicate_content_id")))
+    """(content, bad rows) of a table already conformed to the input contract (:mod:`jobs.contract`):
+    one row per content_id (the newest), takedowns set aside as ``taken_down`` (no training on
+    content that was taken down), every rejected row with the contract's reason."""
+    checked = contract.check_rows(content)
+    rows = contract.valid_rows(checked)
+    return (contract.live(rows),
+            _bad(contract.rejected_rows(checked).drop("detail"), "content", F.col("reason"), exclude=("reason",))
+            .unionByName(_bad(contract.takedowns(rows), "content", F.lit("taken_down"))))
 
 
 # --------------------------------------------------------------------------- split
