@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/pool.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/pool_scale.py
 
 REPRODUCE_DIR ?= runs/reproduce
 REPORT_DIR ?= reports
