@@ -22,8 +22,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.errors import AnalysisException
 
+from jobs.spark import read_table
+
 REQUIRED = ("content_id", "title", "body")
-OPTIONAL_TEXT = ("lang", "category", "shop_name", "shop_info", "district")
 #: The conformed table's columns, in order (extra input columns are not carried: nothing reads them).
 COLUMNS = ("content_id", "lang", "category", "shop_name", "district", "shop_info", "title", "body",
            "updated_at", "deleted")
@@ -50,14 +51,9 @@ class BadInput(ValueError):
 
 
 def read_content_table(spark: SparkSession, source: str) -> DataFrame:
-    """A Parquet path (file or directory) or a catalog table name, as it is now (a long-lived session
-    must not be served an earlier read of the same path from its cache); unreadable is bad input."""
+    """:func:`jobs.spark.read_table`; a table that cannot be read is bad input."""
     try:
-        if "/" in source or source.endswith(".parquet"):
-            spark.catalog.refreshByPath(source)
-            return spark.read.parquet(source)
-        spark.catalog.refreshTable(source)
-        return spark.table(source)
+        return read_table(spark, source)
     except AnalysisException as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadInput(f"content {source}: cannot read it: {first}") from None

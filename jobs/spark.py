@@ -37,3 +37,13 @@ def get_spark(app_name: str = "cmaq", master: str | None = None, shuffle_partiti
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def read_table(spark: SparkSession, path_or_table: str):
+    """A Parquet path (file or directory) or a catalog table name, as it is now: a long-lived session
+    (nearline after nightly, tests) must not be served an earlier read of the same path from its cache."""
+    if "/" in path_or_table or path_or_table.endswith(".parquet"):
+        spark.catalog.refreshByPath(path_or_table)
+        return spark.read.parquet(path_or_table)
+    spark.catalog.refreshTable(path_or_table)
+    return spark.table(path_or_table)

@@ -17,22 +17,13 @@ from cmaq.config import FiltersConfig
 from cmaq.text import normalize_array
 from filters.chain import shared_chain
 from jobs import contract
+from jobs.spark import read_table  # noqa: F401 - the builders read logs and annotations with it
 
 PROMPT_COLUMNS = ("content_id", "lang", "category", "title", "body", "shop_name", "district", "shop_info")
 SPLIT_SALT = "cmaq-content-split-v1"
 
 
 # --------------------------------------------------------------------------- extract
-
-
-def read_table(spark: SparkSession, path_or_table: str) -> DataFrame:
-    """A Parquet path (file or directory) or a catalog table name, as it is now: a long-lived session
-    (nearline after nightly, tests) must not be served an earlier read of the same path from its cache."""
-    if "/" in path_or_table or path_or_table.endswith(".parquet"):
-        spark.catalog.refreshByPath(path_or_table)
-        return spark.read.parquet(path_or_table)
-    spark.catalog.refreshTable(path_or_table)
-    return spark.table(path_or_table)
 
 
 def read_content(spark: SparkSession, path_or_table: str) -> DataFrame:
