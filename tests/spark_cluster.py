@@ -29,6 +29,7 @@ class Cluster:
     workers: int
     cores_per_worker: int
     spark_submit: str    # the launcher of this pyspark
+    worker_pids: tuple[int, ...]  # the worker daemons; their executors are their child processes
 
 
 def _free_port() -> int:
@@ -77,7 +78,8 @@ def standalone_cluster(work_dir: Path, workers: int = 2, cores: int = 1, memory:
                 raise RuntimeError(f"the standalone cluster did not come up ({', '.join(dead) or 'timeout'}); "
                                    f"logs in {work_dir}")
             time.sleep(0.5)
-        yield Cluster(master_url, ui_url, workers, cores, str(SPARK_HOME / "bin" / "spark-submit"))
+        yield Cluster(master_url, ui_url, workers, cores, str(SPARK_HOME / "bin" / "spark-submit"),
+                      tuple(p.pid for p in procs[1:]))
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -5,7 +5,6 @@ down across attempts on the executors, and a killed submission resumes from the 
 committed to the same pool."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from cmaq.config import load_config
 from jobs.nightly import build_pool
 
 from conftest import REPO, pool_version
+from processes import descendants, kill_tree, wait_gone
 from spark_cluster import standalone_cluster
 
 DOUBLE = "engine.backend=tests.doubles.engines:PlantingEngine"
@@ -115,8 +115,9 @@ def test_a_killed_submission_resumes_on_the_cluster(cluster, content, local_rows
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(root.glob("staging/*/p*/_COMMITTED")):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, and with it the application
-    proc.wait()
+    kill_tree(proc)  # the driver, and with it the application
+    # the master then stops the application's executors; one still running could commit after we count
+    wait_gone(set().union(*(descendants(w) for w in cluster.worker_pids)), timeout_s=120)
     committed = {m.parent.name: json.loads(m.read_text()) for m in root.glob("staging/*/p*/_COMMITTED")}
     assert 1 <= len(committed) < 6 and not (root / "current").exists()
     time.sleep(2.5)  # the killed driver's lease expires

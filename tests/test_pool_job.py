@@ -3,7 +3,6 @@ kill and resume, bad input with the real engine, gates and the SQL files."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from jobs.entry import EXIT_GATES, EXIT_OK
 from jobs.nightly import build_pool
 
 from conftest import REPO, command_json, pool_version
+from processes import kill_tree
 
 DOUBLE = "engine.backend=tests.doubles.engines:PlantingEngine"
 # The test's own patterns for what the engine double planted (not the filters' code).
@@ -116,8 +116,7 @@ def test_kill_and_resume(small_world, tmp_path):
             break
         time.sleep(0.2)
     assert committed, "no partition committed in time"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_tree(proc)  # the Python workers too: one still running could commit after we count
     committed = {m.parent.name: json.loads(m.read_text()) for m in killed_root.glob("staging/*/p*/_COMMITTED")}
     n_parts = 6
     assert 1 <= len(committed) < n_parts and not (killed_root / "current").exists()
