@@ -142,3 +142,12 @@ QUARANTINE_SCHEMA = pa.schema(_POOL_KEYS + [
     pa.field("reason", pa.string(), nullable=False),
     pa.field("detail", pa.string()),
 ] + _POOL_PROVENANCE)
+
+# A pool served as A/B arms (``[pool.arms]``): every table's rows carry their arm, right after the
+# content id. A pool without arms keeps the schemas above.
+ARM_FIELD = pa.field("arm", pa.string(), nullable=False)
+
+
+def with_arm(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the ``arm`` column after ``content_id``."""
+    return schema.insert(schema.get_field_index("content_id") + 1, ARM_FIELD)

@@ -15,8 +15,8 @@ from typing import Callable, Iterator
 from cmaq.config import CmaqConfig, ConfigError, PoolConfig, load_config
 from cmaq.pool import write_record
 from cmaq.pool.lease import writer_lease
+from jobs.catalog import catalog_session
 from jobs.contract import BadInput
-from jobs.spark import get_spark
 
 # 0 published (or refreshed), 1 error, 2 bad input or configuration, 3 ran but failed the gates.
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_GATES = 0, 1, 2, 3
@@ -59,7 +59,7 @@ def run_content_job(argv: list[str] | None, doc: str, app_name: str, job, fields
     cfg = setup(args)
     if cfg is None:
         return EXIT_BAD_INPUT
-    report = asdict(job(get_spark(app_name), cfg, args.content))
+    report = asdict(job(catalog_session(app_name, cfg.pool), cfg, args.content))
     print(json.dumps({k: report[k] for k in fields}, default=str))
     return report["exit_code"]
 

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Iterator
 
@@ -44,11 +45,11 @@ from cmaq.config import EngineConfig, FiltersConfig, PoolConfig
 from cmaq.engines import EngineDead, GenResult, evict_engine, get_engine
 from cmaq.engines.base import ENGINE_CRASH
 from cmaq.pool import atomic_write
-from cmaq.pool.versions import TABLES
+from cmaq.pool.versions import TABLES, tables
 from cmaq.schema import SCORE_COLUMNS
 from filters.chain import shared_chain
 from jobs.arrow_spark import empty_frame, spark_schema
-from jobs.plan import CONTENT_FIELDS, Serving, plan_id
+from jobs.plan import CONTENT_FIELDS, Arms, Serving, plan_id
 
 log = logging.getLogger(__name__)
 # "generate_first_attempt": the first attempt of every generation task fails (Spark's task retry);
@@ -56,6 +57,9 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "CMAQ_FAULT_INJECTION"
 PART = "_part"
 COMMITTED = "_COMMITTED"
+# The figures of a generation stage that add up over arms.
+STAGE_TOTALS = ("partitions", "committed_before", "skipped", "generated", "engine_busy_s", "engine_restarts",
+                "engine_crash", "wall_s")
 CRASH_GROUPS = 16  # a crash hunt narrows its suspects 16-fold per attempt: a 256-item batch in 3 deaths
 
 STAGING_SCHEMA = pa.schema([
@@ -116,7 +120,7 @@ class EngineSlot:
 
     def beam(self, items: list[dict], width: int, adapter: str | None) -> list[GenResult]:
         while True:
-            engine = get_engine(self.cfg)
+            engine = get_engine(self.cfg, exclusive=True)  # another arm's engine is closed first
             t0 = time.perf_counter()
             try:
                 if self._injected_death():
@@ -421,10 +425,39 @@ def with_progress(action, items_done, engine_ms, total: int, every_s: float):
     return [r.asDict() for r in result[0]]
 
 
-def staged_frames(spark: SparkSession, staged: DataFrame | None) -> dict:
-    """The staged rows split into the pool / dropped / quarantine tables."""
+def generate_arms(todo: DataFrame, arms: Arms, filters_cfg: FiltersConfig, pool: PoolConfig, staging_root: Path,
+                  run_id: str) -> tuple[dict, dict]:
+    """Generate each arm's share of ``todo`` (rows with ``arm`` in a pool with arms), arm after arm:
+    one stage of that arm's plan partitions each, so a worker builds an arm's engine once and closes
+    it before the next arm's (:func:`cmaq.engines.get_engine` with ``exclusive``). A merged adapter is
+    a model of its own; running arms side by side would add their engines' memory up on every worker.
+    Returns the staged tables (pool / dropped / quarantine, with ``arm`` when armed) and the
+    statistics: the stages' totals, and per arm under ``arms``."""
+    spark = todo.sparkSession
+    if not arms.armed:
+        staged, stats = generate_partitions(todo, todo.count(), arms.arms[0].serving, filters_cfg, pool,
+                                            staging_root, run_id)
+        return staged_frames(spark, staged), stats
+    todo_by_arm = {r[0]: int(r[1]) for r in todo.groupBy("arm").count().collect()}
+    frames, per_arm = [], {}
+    for arm in arms.arms:
+        n = todo_by_arm.get(arm.name, 0)
+        log.info("generate: arm %s, %d items", arm.name, n)
+        staged, per_arm[arm.name] = generate_partitions(todo.filter(F.col("arm") == arm.name).drop("arm"), n,
+                                                        arm.serving, filters_cfg, pool, staging_root, run_id)
+        frames.append(staged_frames(spark, staged, arm.name))
+    totals = {k: sum(st[k] for st in per_arm.values()) for k in STAGE_TOTALS}
+    return ({name: reduce(DataFrame.unionByName, (f[name] for f in frames)) for name, _ in TABLES},
+            {**totals, "plan_ids": sorted({st["plan_id"] for st in per_arm.values()}), "arms": per_arm})
+
+
+def staged_frames(spark: SparkSession, staged: DataFrame | None, arm: str | None = None) -> dict:
+    """The staged rows split into the pool / dropped / quarantine tables, labelled with ``arm``."""
+    schemas = tables(arm is not None)
     if staged is None:
-        return {name: empty_frame(spark, schema) for name, schema in TABLES}
+        return {name: empty_frame(spark, schema) for name, schema in schemas}
+    if arm is not None:
+        staged = staged.withColumn("arm", F.lit(arm))
     return {name: staged.filter(F.col("kind") == name)
             .withColumn("generated_at", (F.col("generated_at") / 1000).cast("timestamp")).select(*schema.names)
-            for name, schema in TABLES}
+            for name, schema in schemas}

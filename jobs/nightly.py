@@ -34,16 +34,15 @@ from pyspark.sql import functions as F
 
 from cmaq.config import CmaqConfig
 from cmaq.pool import new_op_id
-from cmaq.pool.versions import TABLES, current_version, read_manifest
-from cmaq.schema import QUARANTINE_SCHEMA
+from cmaq.pool.versions import current_version, read_manifest, tables
 from jobs.contract import live, takedowns
 from jobs.entry import (EXIT_ERROR, EXIT_GATES, Timer, checked_input, content_job_parser, run_content_job,
                         run_recorded)
 from jobs.gates import run_gates, table_counts
-from jobs.generate import generate_partitions, staged_frames
-from jobs.plan import (KEY, CheckedContent, carried_keys, keyed_content, max_updated_at_ms, read_content,
-                       resolve_serving)
-from jobs.pool_tables import generated_frames, read_pool_table, version_frames, write_tables
+from jobs.generate import generate_arms
+from jobs.plan import (KEY, Arms, CheckedContent, carried_keys, carried_rows, keyed_content, max_updated_at_ms,
+                       read_content, resolve_arms)
+from jobs.pool_tables import generated_frames, item_columns, read_version_tables, version_frames, write_tables
 from jobs.publish import prune_versions, publish_version
 
 
@@ -63,6 +62,9 @@ class RunReport:
     previous_version: str | None = None
     published_version: str | None = None
     kv: dict = field(default_factory=dict)
+    arms: dict = field(default_factory=dict)  # name -> weight, adapter, versions ({} without arms)
+    traffic_salt: str = ""
+    catalog: dict = field(default_factory=dict)
     error: str | None = None
 
 
@@ -72,19 +74,21 @@ def build_pool(spark: SparkSession, cfg: CmaqConfig, content_source: str) -> Run
     root.mkdir(parents=True, exist_ok=True)
     report = RunReport(run_id=new_op_id(), spark_app_id=spark.sparkContext.applicationId,
                        inputs={"content": content_source, "pool_root": str(root)})
-    checked = checked_input(root, report, report.run_id, lambda: read_content(spark, content_source))
+    # Bad content and bad arms (a missing adapter, one trained for another base) both stop the run
+    # here: exit 2, before the lease, before any generation.
+    checked = checked_input(root, report, report.run_id,
+                            lambda: (read_content(spark, content_source), resolve_arms(cfg)))
     if checked is not None:
         run_recorded(cfg.pool, report, report.run_id, "nightly",
-                     lambda timer: _run(spark, cfg, checked, root, report, timer))
+                     lambda timer: _run(spark, cfg, *checked, root, report, timer))
     return report
 
 
-def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, root: Path, report: RunReport,
+def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, arms: Arms, root: Path, report: RunReport,
          timer: Timer) -> None:
-    with timer("resolve_versions"):
-        serving = resolve_serving(cfg)
-        report.versions = serving.versions
-        report.inputs["model_dir"] = serving.model_dir
+    report.versions = arms.versions
+    report.arms, report.traffic_salt = arms.manifest(), arms.salt
+    report.inputs["model_dir"] = arms.arms[0].serving.model_dir
     with timer("read"):
         rows, rejected = checked.rows, checked.rejected
         content = live(rows)
@@ -98,30 +102,31 @@ def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, root: Pa
     prev_frames = generated_frames(version_frames(spark, root / "versions" / prev_id)) if prev_id else None
 
     with timer("plan"):
-        keyed = keyed_content(content, serving.versions)
-        carried = carried_keys(keyed, prev_frames)
-        todo = keyed.join(carried, list(KEY), "left_anti").cache()
+        keyed = keyed_content(content, arms)
+        carried = carried_keys(keyed, prev_frames).cache()
+        todo = keyed.join(carried, [*item_columns(keyed)[:-1], *KEY], "left_anti").cache()
         n_todo = todo.count()
-    report.counts["carried_forward"] = report.counts["read"] - n_todo
+    report.counts["carried_forward"] = carried.count()
     report.counts["to_generate"] = n_todo
 
     with timer("generate"):
-        staged, stats = generate_partitions(todo, n_todo, serving, cfg.filters, cfg.pool, root / "staging",
-                                            report.run_id)
+        staged, stats = generate_arms(todo, arms, cfg.filters, cfg.pool, root / "staging", report.run_id)
     report.counts["generated"], report.counts["skipped_committed"] = stats.pop("generated"), stats.pop("skipped")
     report.counts["engine_restarts"] = stats["engine_restarts"]
     report.generation = stats
 
     with timer("assemble"):
         tmp = root / "versions" / f".{report.run_id}.tmp"
-        out = assemble(spark, staged, prev_frames, carried)
-        out["quarantine"] = out["quarantine"].unionByName(contract_quarantine(rejected, serving.versions,
-                                                                              report.run_id))
+        out = assemble(staged, prev_frames, carried)
+        out["quarantine"] = out["quarantine"].unionByName(contract_quarantine(rejected, arms, report.run_id))
         write_tables(out, tmp)
     with timer("gates"):
-        written = {n: read_pool_table(spark, tmp / n, schema) for n, schema in TABLES}
+        written = read_version_tables(spark, tmp, arms.armed)
         report.counts.update(table_counts(written))
         expected = content.select("content_id").unionByName(rejected.select("content_id"))
+        if arms.armed:
+            expected = expected.crossJoin(F.broadcast(arms.frame(spark).select("arm")))
+            report.counts["arms"] = arm_counts(written, keyed, carried, stats["arms"])
         report.gates = run_gates(written, expected, report.counts, cfg,
                                  read_manifest(root, prev_id) if prev_id else None)
     if not all(g["ok"] for g in report.gates.values()):
@@ -129,29 +134,48 @@ def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, root: Pa
         shutil.rmtree(tmp, ignore_errors=True)
         return
     publish_version(spark, cfg, root, tmp, report, timer)
-    shutil.rmtree(root / "staging" / stats["plan_id"], ignore_errors=True)
+    for plan in stats.get("plan_ids") or [stats["plan_id"]]:
+        shutil.rmtree(root / "staging" / plan, ignore_errors=True)
     prune_versions(root, cfg.pool.keep_versions)
-    todo.unpersist()
+    for df in (todo, carried):
+        df.unpersist()
     checked.unpersist()
 
 
-def assemble(spark: SparkSession, staged: DataFrame | None, prev_frames: dict | None,
-             carried: DataFrame) -> dict:
-    """New rows plus the previous version's rows of carried-forward items."""
-    out = staged_frames(spark, staged)
-    if prev_frames is not None:
-        out = {name: df.unionByName(prev_frames[name].join(carried, list(KEY), "left_semi"))
-               for name, df in out.items()}
-    return out
+def assemble(staged: dict, prev_frames: dict | None, carried: DataFrame) -> dict:
+    """New rows plus the previous version's rows of carried-forward items (per carrying arm)."""
+    if prev_frames is None:
+        return staged
+    kept = carried_rows(prev_frames, carried)
+    return {name: df.unionByName(kept[name].select(*df.columns)) for name, df in staged.items()}
 
 
-def contract_quarantine(rejected: DataFrame, versions: dict, run_id: str) -> DataFrame:
-    """The rows the input contract set aside, as this version's quarantine rows."""
-    return rejected.select(
-        "content_id", "content_hash", "category", "reason", "detail",
-        *(F.lit(versions[k]).alias(k) for k in ("model_version", "adapter_version", "config_hash")),
-        F.lit(run_id).alias("run_id"), F.current_timestamp().alias("generated_at"),
-    ).select(*QUARANTINE_SCHEMA.names)
+def arm_counts(written: dict, keyed: DataFrame, carried: DataFrame, stages: dict) -> dict:
+    """Per arm: items read, carried forward, generated (and skipped as committed), pool items and
+    rows, dropped rows and quarantined items."""
+    def by_arm(df, distinct: bool = False) -> dict:
+        df = df.select("arm", "content_id").distinct() if distinct else df
+        return {r[0]: int(r[1]) for r in df.groupBy("arm").count().collect()}
+
+    read, kept = by_arm(keyed), by_arm(carried)
+    pool_items, pool_rows = by_arm(written["pool"], True), by_arm(written["pool"])
+    dropped, quarantined = by_arm(written["dropped"]), by_arm(written["quarantine"])
+    return {arm: {"read": read.get(arm, 0), "carried_forward": kept.get(arm, 0),
+                  "generated": st["generated"], "skipped_committed": st["skipped"],
+                  "pool_items": pool_items.get(arm, 0), "pool_rows": pool_rows.get(arm, 0),
+                  "dropped_rows": dropped.get(arm, 0), "quarantined": quarantined.get(arm, 0)}
+            for arm, st in stages.items()}
+
+
+def contract_quarantine(rejected: DataFrame, arms: Arms, run_id: str) -> DataFrame:
+    """The rows the input contract set aside, as this version's quarantine rows (in every arm)."""
+    rows = rejected.select("content_id", "content_hash", "category", "reason", "detail")
+    if arms.armed:
+        rows = rows.crossJoin(F.broadcast(arms.frame(rejected.sparkSession)))
+    else:
+        rows = rows.withColumns({k: F.lit(v) for k, v in arms.versions.items()})
+    schema = dict(tables(arms.armed))["quarantine"]
+    return rows.withColumns({"run_id": F.lit(run_id), "generated_at": F.current_timestamp()}).select(*schema.names)
 
 
 def make_parser():

@@ -2,6 +2,11 @@
 
 Every reader of a version (the next nightly's carry-forward, nearline, the SQL views, purge, scoring)
 goes through :func:`version_frames`, so they all agree on what the version holds.
+
+A version that serves A/B arms has an ``arm`` column in every table; one without arms has none.
+Frames carry the column exactly when their version does, and :func:`item_columns` says what names
+one served item: ``(arm, content_id)`` or ``content_id``. A delta (nearline, purge) always covers
+every arm of the contents it names, so replacing by ``content_id`` is right for both.
 """
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ from typing import Iterator
 
 from pyspark.sql import functions as F
 
-from cmaq.pool.sinks import encode_value
-from cmaq.pool.versions import TABLES, committed_deltas
+from cmaq.pool.sinks import encode_value, item_id
+from cmaq.pool.versions import committed_deltas, tables, version_arms
 from jobs.arrow_spark import empty_frame, spark_schema
 from jobs.contract import REASONS as CONTRACT_REASONS
 
@@ -35,19 +40,35 @@ def named_keys(frames: dict, columns: tuple[str, ...] = ("content_id",)):
     return out.distinct()
 
 
-def unaccounted(frames: dict, expected_ids) -> tuple[int, int]:
-    """(missing, unexpected): expected content ids the tables do not name, and named ids not expected."""
-    named = named_keys(frames)
-    expected = expected_ids.select("content_id").distinct()
-    return (expected.join(named, "content_id", "left_anti").count(),
-            named.join(expected, "content_id", "left_anti").count())
+def is_armed(frames: dict) -> bool:
+    return "arm" in frames["pool"].columns
+
+
+def item_columns(df) -> tuple[str, ...]:
+    """The columns that name one served item: ``("arm", "content_id")`` in a pool with arms."""
+    return ("arm", "content_id") if "arm" in df.columns else ("content_id",)
+
+
+def unaccounted(frames: dict, expected_items) -> tuple[int, int]:
+    """(missing, unexpected): expected items (content ids, with their arm in a pool with arms) the
+    tables do not name, and named items not expected."""
+    key = list(item_columns(frames["pool"]))
+    named = named_keys(frames, tuple(key))
+    expected = expected_items.select(*key).distinct()
+    return expected.join(named, key, "left_anti").count(), named.join(expected, key, "left_anti").count()
+
+
+def read_version_tables(spark, vdir: Path, armed: bool) -> dict:
+    """A version directory's (or a delta's) own three tables, without its deltas."""
+    return {name: read_pool_table(spark, vdir / name, schema) for name, schema in tables(armed)}
 
 
 def version_frames(spark, vdir: Path) -> dict:
-    """The effective ``pool`` / ``dropped`` / ``quarantine`` DataFrames of a version directory."""
-    frames = {name: read_pool_table(spark, vdir / name, schema) for name, schema in TABLES}
+    """The effective ``pool`` / ``dropped`` / ``quarantine`` DataFrames of a published version."""
+    armed = bool(version_arms(vdir))
+    frames = read_version_tables(spark, vdir, armed)
     for delta in committed_deltas(vdir):
-        parts = {name: read_pool_table(spark, delta / name, schema) for name, schema in TABLES}
+        parts = read_version_tables(spark, delta, armed)
         named = named_keys(parts)
         frames = {name: frames[name].join(named, "content_id", "left_anti").unionByName(parts[name])
                   for name in frames}
@@ -61,21 +82,25 @@ def generated_frames(frames: dict) -> dict:
 
 
 def kv_items(pool, version: str) -> Iterator[tuple[str, bytes]]:
-    """(content_id, encoded value) per item of a pool DataFrame, queries in rank order. Items stream
-    through the driver one partition at a time, so memory stays bounded."""
-    per_item = (pool.groupBy("content_id")
+    """(cache item id, encoded value) per served item of a pool DataFrame, queries in rank order; the
+    id is ``content_id``, or ``arm:content_id`` (:func:`cmaq.pool.sinks.item_id`) in a pool with arms.
+    Items stream through the driver one partition at a time, so memory stays bounded."""
+    key = item_columns(pool)
+    per_item = (pool.groupBy(*key)
                 .agg(F.sort_array(F.collect_list(F.struct("rank", "query", "logprob", "score_relevance"))).alias("q")))
     for row in per_item.toLocalIterator():
         queries = [{"rank": r["rank"], "query": r["query"], "logprob": r["logprob"], "relevance": r["score_relevance"]}
                    for r in row["q"]]
-        yield row["content_id"], encode_value(row["content_id"], version, queries)
+        arm = row["arm"] if "arm" in key else None
+        yield item_id(row["content_id"], arm), encode_value(row["content_id"], version, queries)
 
 
 def write_tables(frames: dict, out_dir: Path) -> None:
-    """pool (partitioned by category), dropped and quarantine under ``out_dir``, replacing a
-    half-written directory left by a crash."""
+    """pool (partitioned by category), dropped and quarantine under ``out_dir``, in their schemas
+    (with ``arm`` when the frames have it), replacing a half-written directory left by a crash."""
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    frames["pool"].write.partitionBy("category").parquet(str(out_dir / "pool"))
-    frames["dropped"].write.parquet(str(out_dir / "dropped"))
-    frames["quarantine"].write.parquet(str(out_dir / "quarantine"))
+    schemas = dict(tables(is_armed(frames)))
+    for name, df in frames.items():
+        writer = df.select(*schemas[name].names).write
+        (writer.partitionBy("category") if name == "pool" else writer).parquet(str(out_dir / name))

@@ -7,6 +7,7 @@ cache and in Parquet, each step atomic, the pointers moved last.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from dataclasses import asdict
@@ -16,11 +17,14 @@ from pathlib import Path
 from cmaq.config import CmaqConfig
 from cmaq.pool import atomic_write
 from cmaq.pool.loader import load_version
-from cmaq.pool.sinks import open_sink
-from cmaq.pool.versions import DELTA_MANIFEST, TABLES
-from cmaq.schema import POOL_SCHEMA
+from cmaq.pool.sinks import ARMS_ITEM, encode_arms, item_id, open_sink
+from cmaq.pool.versions import DELTA_MANIFEST, tables
+from jobs.catalog import register_current
 from jobs.entry import EXIT_OK
-from jobs.pool_tables import kv_items, named_keys, read_pool_table, write_tables
+from jobs.pool_tables import (is_armed, item_columns, kv_items, named_keys, read_pool_table, read_version_tables,
+                              write_tables)
+
+log = logging.getLogger(__name__)
 
 
 def publish_version(spark, cfg: CmaqConfig, root: Path, tmp: Path, report, timer) -> None:
@@ -28,7 +32,8 @@ def publish_version(spark, cfg: CmaqConfig, root: Path, tmp: Path, report, timer
     its manifest, then the Parquet pointer."""
     if cfg.pool.kv():
         with timer("kv_load"):
-            report.kv = load_kv(spark, cfg, tmp / "pool", report.run_id)
+            split = {a: v["weight"] for a, v in report.arms.items()} if report.arms else None
+            report.kv = load_kv(spark, cfg, tmp / "pool", report.run_id, split, report.traffic_salt)
     t0 = time.perf_counter()
     version_dir = root / "versions" / report.run_id
     tmp.rename(version_dir)
@@ -37,15 +42,25 @@ def publish_version(spark, cfg: CmaqConfig, root: Path, tmp: Path, report, timer
     # The manifest is the version's last file; the pointer moves only after it is in place.
     atomic_write(version_dir / "manifest.json", json.dumps(asdict(report), indent=2, default=str))
     atomic_write(root / "current", report.run_id + "\n")
+    with timer("catalog"):
+        report.catalog = switch_views(spark, cfg)
 
 
-def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str) -> dict:
-    """Load every served item of a version into the cache, verify, then move the cache's pointer."""
-    pool = read_pool_table(spark, pool_dir, POOL_SCHEMA)
-    expected = pool.select("content_id").distinct().count()
+def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str, weights: dict | None = None,
+            salt: str = "") -> dict:
+    """Load every served item of a version into the cache, verify, then move the cache's pointer.
+    With arms (``weights``), one value per (arm, content) and the traffic split beside them."""
+    pool = read_pool_table(spark, pool_dir, dict(tables(weights is not None))["pool"])
+    expected = pool.select(*item_columns(pool)).distinct().count()
     sample = [v for _, v in zip(range(20), kv_items(pool, version))]
+
+    def items():
+        if weights is not None:
+            yield ARMS_ITEM, encode_arms(weights, salt)
+        yield from kv_items(pool, version)
+
     sink = open_sink(cfg.pool.kv(), cfg.pool.kv_prefix)
-    return load_version(sink, version, kv_items(pool, version), expected, sample, keep=cfg.pool.kv_keep,
+    return load_version(sink, version, items(), expected + (weights is not None), sample, keep=cfg.pool.kv_keep,
                         grace_s=cfg.pool.kv_grace_s)
 
 
@@ -69,10 +84,12 @@ def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str
     vdir = Path(cfg.pool.root) / "versions" / version
     tmp = vdir / "deltas" / f".{op_id}.tmp"
     write_tables(frames, tmp)
-    written = {name: read_pool_table(spark, tmp / name, schema) for name, schema in TABLES}
-    named = named_keys(written)
-    served = written["pool"].select("content_id").distinct()
-    unserved = sorted(r[0] for r in named.join(served, "content_id", "left_anti").collect())
+    written = read_version_tables(spark, tmp, is_armed(frames))
+    key = item_columns(written["pool"])
+    named = named_keys(written, key)
+    served = written["pool"].select(*key).distinct()
+    unserved = sorted(item_id(r["content_id"], r["arm"] if "arm" in key else None)
+                      for r in named.join(served, list(key), "left_anti").collect())
     counts = {"items": named.count(), "pool_rows": written["pool"].count(), "items_served": served.count(),
               "items_unserved": len(unserved)}
     kv_url = cfg.pool.kv()
@@ -89,4 +106,15 @@ def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str
                 "published_at": datetime.now(timezone.utc).isoformat()}
     atomic_write(tmp / DELTA_MANIFEST, json.dumps(manifest, indent=2, default=str))
     tmp.rename(vdir / "deltas" / op_id)
+    counts["catalog"] = switch_views(spark, cfg)
     return counts
+
+
+def switch_views(spark, cfg: CmaqConfig) -> dict:
+    """Point the catalog's views at what is now current. The pool is published by then: a catalog
+    that fails is logged and recorded (the views still show the previous state), not a failed run."""
+    try:
+        return register_current(spark, cfg.pool)
+    except Exception as exc:  # noqa: BLE001 - recorded in the run record, and logged
+        log.exception("catalog views not switched")
+        return {"registered": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -37,6 +37,15 @@ def importable_doubles():
         os.environ["PYTHONPATH"] = old
 
 
+def content_slice(small_world: Path, out: Path, n: int) -> Path:
+    """The small world's first ``n`` notes as one Parquet file ``out/content.parquet``."""
+    import pyarrow.parquet as pq
+
+    path = out / "content.parquet"
+    pq.write_table(pq.read_table(small_world / "content").slice(0, n), path)
+    return path
+
+
 def command_json(output: str) -> dict:
     """A command's JSON document out of CliRunner output (Spark and pandas may print warnings around it)."""
     import json

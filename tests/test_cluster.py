@@ -17,7 +17,7 @@ import pytest
 from cmaq.config import load_config
 from jobs.nightly import build_pool
 
-from conftest import REPO, pool_version
+from conftest import REPO, content_slice, pool_version
 from processes import descendants, kill_tree, wait_gone
 from spark_cluster import standalone_cluster
 
@@ -33,9 +33,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def content(small_world, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cluster-content") / "content.parquet"
-    pq.write_table(pq.read_table(small_world / "content").slice(0, ITEMS), path)
-    return path
+    return content_slice(small_world, tmp_path_factory.mktemp("cluster-content"), ITEMS)
 
 
 def _submit(cluster, root: Path, content: Path, executor_env: dict, sets=(), driver_env=None) -> subprocess.Popen:

@@ -135,7 +135,7 @@ def test_one_base_model_setting_with_section_overrides(tiny_model):
     assert base_model_dir(ModelConfig(base_dir="/m"), "/override") == "/override"
     assert base_model_dir(None) == tiny_model == base_model_dir(ModelConfig())
     cfg = load_config(None, [f"model.base_dir={tiny_model}"])
-    serving = resolve_serving(cfg)
+    serving = resolve_serving(cfg, None)
     assert serving.model_dir == tiny_model and cfg.engine.model_dir == ""  # resolved, not written back
 
 

@@ -64,6 +64,9 @@ def test_filters_inside_the_job_and_carry_forward(spark, small_world, tmp_path):
     # the SQL files run against it
     for sql_file in sorted((REPO / "sql").glob("*.sql")):
         result = CliRunner().invoke(cli, ["sql", "run", str(sql_file), "--pool", str(root)])
+        if sql_file.read_text().startswith("-- needs: arms"):  # this pool has none: refused in one line
+            assert result.exit_code == 2 and "serves none" in result.output, result.output[-2000:]
+            continue
         assert result.exit_code == 0, (sql_file.name, result.output[-2000:])
         assert len(result.output.splitlines()) >= 2
 

@@ -1,5 +1,6 @@
-"""`cmaq pool`: build, refresh, read, size, roll back and purge the recall pool. The Spark jobs and the
-cache commands live in two modules, each imported when one of its commands runs."""
+"""`cmaq pool`: build, refresh, read, size, roll back and purge the recall pool. The Spark commands
+(the jobs and rollback, which switches the catalog's views) and the cache readers live in two
+modules, each imported when one of its commands runs."""
 from __future__ import annotations
 
 import click
@@ -13,7 +14,7 @@ POOL_COMMANDS = {
     "purge": LazyCommand(JOBS, "purge", "Takedown without regeneration, in Parquet and the cache together."),
     "get": LazyCommand(CACHE, "get", "The served queries of one content from the cache (exit 4 on a miss)."),
     "kv-size": LazyCommand(CACHE, "kv_size", "Cache memory per item and for two versions."),
-    "rollback": LazyCommand(CACHE, "rollback", "Serve an earlier version again (both pointers together)."),
+    "rollback": LazyCommand(JOBS, "rollback", "Serve an earlier version again (both pointers together)."),
 }
 
 

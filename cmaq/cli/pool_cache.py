@@ -1,15 +1,13 @@
-"""`cmaq pool get / kv-size / rollback`: what an operator does with the cache and the pointers. Needs
-only the ground layer (and ``redis`` for a Redis cache): no Spark, no engine."""
+"""`cmaq pool get / kv-size`: what an operator reads from the cache. Needs only the ground layer (and
+``redis`` for a Redis cache): no Spark, no engine."""
 from __future__ import annotations
 
 import click
 
 from cmaq.cli.settings import BadInput, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
-from cmaq.pool.lease import LeaseHeld
 from cmaq.pool.loader import estimate_size
 from cmaq.pool.reader import Reader
-from cmaq.pool.rollback import rollback as rollback_pool
 from cmaq.pool.sinks import open_sink, redact_url
 
 
@@ -22,21 +20,30 @@ def _cache_url(cfg: CmaqConfig) -> str:
 
 @click.command("get")
 @click.argument("content_id")
+@click.option("--arm", default=None, help="The A/B arm to read, when the current version serves arms.")
+@click.option("--unit", default=None, help="Read the arm this unit (a user id) is assigned by the version's "
+                                           "published traffic split.")
 @config_option("pool.kv_url", "--kv-url")
 @pass_config
 @click.pass_context
-def get(ctx: click.Context, cfg: CmaqConfig, content_id: str) -> None:
+def get(ctx: click.Context, cfg: CmaqConfig, content_id: str, arm: str | None, unit: str | None) -> None:
     """Print the served queries of CONTENT_ID from the cache's current version (exit 4 on a miss)."""
     url = _cache_url(cfg)
+    if arm and unit:
+        raise BadInput("give --arm or --unit, not both")
     try:
-        hit = Reader(url, cfg.pool.kv_prefix).get(content_id)
+        reader = Reader(url, cfg.pool.kv_prefix)
+        hit = reader.get(content_id, arm=reader.assign(unit) if unit else arm)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
         raise click.ClickException(f"cannot read {redact_url(url)}: {exc}") from None
     if not hit.hit:
         where = f"version {hit.version}" if hit.version else "the cache (no version loaded yet)"
         click.echo(f"miss: {content_id} is not in {where}")
         ctx.exit(4)
-    echo_json({"content_id": content_id, "version": hit.version, "queries": hit.queries}, ensure_ascii=False)
+    echo_json({"content_id": content_id, "version": hit.version, **({"arm": hit.arm} if hit.arm else {}),
+               "queries": hit.queries}, ensure_ascii=False)
 
 
 @click.command("kv-size")
@@ -54,15 +61,3 @@ def kv_size(cfg: CmaqConfig, sample: int) -> None:
     except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
         raise click.ClickException(f"cannot read {redact_url(url)}: {exc}") from None
     echo_json(figures)
-
-
-@click.command("rollback")
-@click.option("--to", "to", default=None, help="Version to serve (default: the one the current version replaced).")
-@config_option("pool.root", "--root")
-@pass_config
-def rollback(cfg: CmaqConfig, to: str | None) -> None:
-    """Serve an earlier version again: moves the Parquet pointer and the cache's pointer together."""
-    try:
-        echo_json(rollback_pool(cfg, to))
-    except (FileNotFoundError, ValueError, LeaseHeld) as exc:
-        raise BadInput(str(exc)) from None

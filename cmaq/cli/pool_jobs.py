@@ -1,4 +1,5 @@
-"""`cmaq pool build / refresh / purge`: the Spark jobs that write the pool."""
+"""`cmaq pool build / refresh / purge / rollback`: the Spark jobs that write the pool and move its
+pointers. Each session opens the pool's catalog (``pool.catalog``) so the analysts' views follow."""
 from __future__ import annotations
 
 import click
@@ -6,10 +7,11 @@ import click
 from cmaq.cli.settings import BadInput, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
 from cmaq.pool.lease import LeaseHeld
+from cmaq.pool.rollback import rollback as rollback_pool
+from jobs.catalog import catalog_session, register_current
 from jobs.nearline import refresh as refresh_pool
 from jobs.nightly import build_pool
 from jobs.purge import purge as purge_pool
-from jobs.spark import get_spark
 
 
 @click.command("build")
@@ -24,7 +26,7 @@ def build(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
     2 bad input or configuration (the content table breaks the input contract: one line names the
     column, its type and the expected type; nothing written but runs/<id>.json), 3 gates failed
     (nothing published)."""
-    report = build_pool(get_spark("cmaq-pool-build"), cfg, content)
+    report = build_pool(catalog_session("cmaq-pool-build", cfg.pool), cfg, content)
     echo_json({"run_id": report.run_id, "status": report.status, "counts": report.counts, "gates": report.gates,
                "error": report.error})
     ctx.exit(report.exit_code)
@@ -40,7 +42,7 @@ def refresh(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
     """Nearline: generate queries for new or changed content and add them to the current version
     (Parquet delta + cache); takedown rows (deleted = true) purge their items. Exit 0 refreshed or
     nothing to do, 1 error, 2 bad input or configuration."""
-    report = refresh_pool(get_spark("cmaq-nearline"), cfg, content)
+    report = refresh_pool(catalog_session("cmaq-nearline", cfg.pool), cfg, content)
     echo_json({"op_id": report.op_id, "status": report.status, "version": report.version, "counts": report.counts,
                "watermark": report.watermark, "delta": report.delta, "error": report.error})
     ctx.exit(report.exit_code)
@@ -56,7 +58,24 @@ def purge(cfg: CmaqConfig, content_ids: tuple[str, ...], terms: tuple[str, ...])
     if not content_ids and not terms:
         raise BadInput("name --content-id or --term")
     try:
-        record = purge_pool(cfg, get_spark("cmaq-pool-purge"), list(content_ids), list(terms))
+        record = purge_pool(cfg, catalog_session("cmaq-pool-purge", cfg.pool), list(content_ids), list(terms))
     except (FileNotFoundError, ValueError, LeaseHeld) as exc:
         raise BadInput(str(exc)) from None
     echo_json(record, ensure_ascii=False)
+
+
+@click.command("rollback")
+@click.option("--to", "to", default=None, help="Version to serve (default: the one the current version replaced).")
+@config_option("pool.root", "--root")
+@pass_config
+def rollback(cfg: CmaqConfig, to: str | None) -> None:
+    """Serve an earlier version again: moves the Parquet pointer, the cache's pointer and the
+    catalog's views together."""
+    switch = None
+    if cfg.pool.catalog != "none":
+        def switch() -> dict:
+            return register_current(catalog_session("cmaq-pool-rollback", cfg.pool), cfg.pool)
+    try:
+        echo_json(rollback_pool(cfg, to, switch))
+    except (FileNotFoundError, ValueError, LeaseHeld) as exc:
+        raise BadInput(str(exc)) from None

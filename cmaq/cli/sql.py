@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import click
 
-from cmaq.cli.settings import BadInput
-from jobs.spark import get_spark
+from dataclasses import replace
+
+from cmaq.cli.settings import BadInput, pass_config
+from cmaq.config import CmaqConfig
+from jobs.catalog import catalog_session
 from jobs.sql import run_sql
 
 
@@ -19,11 +22,14 @@ def sql_group() -> None:
               help="Pool root directory.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False), default=None, help="Write CSV here instead.")
 @click.option("--limit", type=int, default=100, help="Rows to print.")
-def run(sql_file: str, pool_root: str, csv_out: str | None, limit: int) -> None:
-    """Run SQL_FILE with views pool, dropped, quarantine and pool_previous registered."""
+@pass_config
+def run(cfg: CmaqConfig, sql_file: str, pool_root: str, csv_out: str | None, limit: int) -> None:
+    """Run SQL_FILE with views pool, dropped, quarantine and pool_previous registered (and the pool's
+    catalog open: cmaq.cmaq_pool_current and the other views any Spark SQL client on it sees)."""
+    spark = catalog_session("cmaq-sql", replace(cfg.pool, root=pool_root))
     try:
-        df = run_sql(get_spark("cmaq-sql"), sql_file, pool_root)
-    except FileNotFoundError as exc:
+        df = run_sql(spark, sql_file, pool_root)
+    except (FileNotFoundError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     pdf = df.toPandas()
     if csv_out:

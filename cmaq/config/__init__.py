@@ -22,14 +22,14 @@ from typing import Sequence
 from cmaq.config.engines import EngineConfig, ModelConfig
 from cmaq.config.filters import (DEFAULT_COMMERCIAL_EN, DEFAULT_COMMERCIAL_ZH, FILTER_NAMES, CommercialConfig,
                                  FiltersConfig, HarmConfig, LexicalConfig, RelevanceConfig, SimilarityConfig)
-from cmaq.config.jobs import DataConfig, PoolConfig
+from cmaq.config.jobs import ArmConfig, DataConfig, PoolConfig
 from cmaq.config.loader import (ConfigDeprecation, ConfigError, FieldError, build, config_hash, field_help,
                                 help_of, parse_override, read_tree, to_dict, to_toml, warn_deprecated, with_values)
 from cmaq.config.reproduce import ReproduceConfig
 from cmaq.config.training import AlignConfig, PolicyTrainConfig, RewardModelConfig
 from cmaq.config.world import WorldConfig
 
-__all__ = ["AlignConfig", "CmaqConfig", "CommercialConfig", "ConfigDeprecation", "ConfigError", "DataConfig",
+__all__ = ["AlignConfig", "ArmConfig", "CmaqConfig", "CommercialConfig", "ConfigDeprecation", "ConfigError", "DataConfig",
            "DEFAULT_COMMERCIAL_EN", "DEFAULT_COMMERCIAL_ZH", "EngineConfig", "FILTER_NAMES", "FieldError",
            "FiltersConfig", "HarmConfig", "LexicalConfig", "ModelConfig", "PolicyTrainConfig", "PoolConfig",
            "RelevanceConfig", "ReproduceConfig", "RewardModelConfig", "SimilarityConfig", "WorldConfig",

@@ -56,10 +56,19 @@ class EngineConfig:
         "0.1-0.2 works on an 8.7 GiB node, 0.05 and the GPU default 0.9 fail.", default=0.15)
     enforce_eager: bool = field_help("Skip CUDA graphs / compilation: tiny models gain nothing and start faster.",
                                      default=True)
+    adapter_mode: str = field_help(
+        "How an adapter is served: 'merged' merges its LoRA weights into the base once (cached by base and "
+        "adapter hash) and serves a plain model, at the bare model's speed; 'lora' applies it per request "
+        "(vLLM multi-LoRA: one engine serves many adapters, 7x slower beam search on vLLM's CPU build); "
+        "'auto' merges on CPU and uses LoRA on a GPU. Records keep the base's and the adapter's hashes "
+        "either way.", default="auto")
+    merge_cache: str = field_help(
+        "Directory of merged models. Empty: the project's model cache (CMAQ_CACHE). On a cluster, storage "
+        "every executor reads (the driver merges, the executors load).", default="")
     max_lora_rank: int = field_help(
-        "Largest LoRA rank served. vLLM pads every adapter to it and its CPU LoRA kernels cost grows with it "
-        "(beam search with an adapter: 8.4 s at 8, 30 s at 32 for 10 items here), so CPU runs use 8; set 32 "
-        "for the paper's r=32 adapters on GPUs.", default=8)
+        "Largest LoRA rank served in 'lora' mode; 0 follows the served adapters' rank (rounded up to vLLM's "
+        "sizes). vLLM pads every adapter to it and its CPU LoRA kernels' cost grows with it (beam search "
+        "with an adapter: 8.4 s at 8, 30 s at 32 for 10 items here).", default=0)
     max_loras: int = field_help("Adapters vLLM keeps loaded at once (evaluation compares many).", default=4)
     tensor_parallel_size: int = field_help("GPUs per engine; 1 on CPU.", default=1)
     chunked_prefill: bool = field_help(
@@ -80,7 +89,10 @@ class EngineConfig:
         require(1 <= self.beam_width <= 32, "beam_width", f"must be in [1, 32], got {self.beam_width}")
         require(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
                  f"must be in (0, 1], got {self.gpu_memory_utilization}")
-        require(self.max_lora_rank in (8, 16, 32, 64, 128, 256, 320, 512), "max_lora_rank",
-                 f"must be one of 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's sizes), got {self.max_lora_rank}")
+        require(self.max_lora_rank in (0, 8, 16, 32, 64, 128, 256, 320, 512), "max_lora_rank",
+                 f"must be 0 (the adapters' rank) or one of 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's sizes), "
+                 f"got {self.max_lora_rank}")
+        require(self.adapter_mode in ("lora", "merged", "auto"), "adapter_mode",
+                 f"must be 'lora', 'merged' or 'auto', got {self.adapter_mode!r}")
         for key in ("max_loras", "tensor_parallel_size", "hf_batch_size"):
             require(getattr(self, key) >= 1, key, "must be >= 1")

@@ -1,6 +1,7 @@
 """``[data]`` and ``[pool]``: the Spark programs in :mod:`jobs` (training-data builders, the recall-pool job)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,28 @@ class DataConfig:
         require(self.max_pairs_per_content >= 1, "max_pairs_per_content", "must be >= 1")
 
 
+ARM_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+@dataclass
+class ArmConfig:
+    """One arm of an A/B test served by the same nightly: ``[pool.arms.<name>]``."""
+
+    adapter: str = field_help("PEFT adapter directory this arm serves, or 'none' for the bare base model.",
+                              default="none")
+    weight: float = field_help("Traffic weight: the arm gets weight / (sum of weights) of the units "
+                               "(cmaq.pool.arms.assign_arm). 0 keeps the arm generated but unserved.", default=1.0)
+
+    def __post_init__(self) -> None:
+        require(bool(self.adapter.strip()), "adapter", "must be an adapter directory or 'none'")
+        require(self.weight >= 0 and self.weight == self.weight and self.weight != float("inf"), "weight",
+                f"must be a finite number >= 0, got {self.weight}")
+
+    @property
+    def adapter_dir(self) -> str | None:
+        return None if self.adapter.strip().lower() == "none" else self.adapter
+
+
 @dataclass
 class PoolConfig:
     """The recall-pool job (jobs/nightly.py, `cmaq pool build`)."""
@@ -53,6 +76,13 @@ class PoolConfig:
                            default="pool")
     adapter: str = field_help("PEFT adapter directory served by the job; empty serves the bare base model.",
                               default="")
+    arms: dict[str, ArmConfig] = field_help(
+        "A/B arms served side by side: [pool.arms.<name>] tables, each with an adapter and a traffic weight. "
+        "Every row then carries its arm and the cache one value per (arm, content). Empty: one arm serving "
+        "pool.adapter, with no arm column and today's cache keys.", default_factory=dict)
+    traffic_salt: str = field_help(
+        "Salt of the traffic split between arms, published with the version: a new salt draws a new, "
+        "independent split (a new experiment); keep it to keep each unit on its arm.", default="cmaq-arms")
     partitions: int = field_help(
         "Generation partitions P: each item goes to pmod(hash(content_id), P), one Spark task each, all in "
         "one stage. 0 = ceil(items to generate / items_per_partition). Keep P >= 8 x engine slots so the "
@@ -76,6 +106,12 @@ class PoolConfig:
         "version is exempt.", default=0.5)
     keep_versions: int = field_help("Published versions kept on disk (older ones are removed after publishing).",
                                     default=3)
+    catalog: str = field_help(
+        "Where the current version's views (cmaq_pool_current, ...) are registered for Spark SQL clients: "
+        "'embedded' (a Derby metastore under <root>/catalog; one session at a time may open it), 'hive' "
+        "(the Hive metastore at pool.metastore_uri) or 'none'.", default="embedded")
+    catalog_db: str = field_help("Catalog database of the views.", default="cmaq")
+    metastore_uri: str = field_help("Hive metastore (thrift://host:9083) when pool.catalog = 'hive'.", default="")
     kv_url: str = field_help("Key-value cache the job loads after the gates: redis://, rediss:// or sqlite:///path. "
                              "Empty: the embedded default sqlite:///<root>/kv.db; 'none': no cache.", default="")
     kv_prefix: str = field_help("Key prefix in the cache: keys are {prefix}:{version}:{content_id}.", default="cmaq")
@@ -94,6 +130,20 @@ class PoolConfig:
         return self.kv_url or f"sqlite:///{Path(self.root).resolve()}/kv.db"
 
     def __post_init__(self) -> None:
+        for name in self.arms:
+            require(bool(ARM_NAME.match(name)), "arms",
+                    f"arm name {name!r}: lower-case letters, digits, '-' and '_', at most 32, starting with a "
+                    f"letter or digit")
+        if self.arms:
+            require(not self.adapter, "adapter", "set each arm's adapter under [pool.arms.<name>], not "
+                                                 "pool.adapter, when arms are configured")
+            require(any(a.weight > 0 for a in self.arms.values()), "arms", "every arm has traffic weight 0")
+        require(self.catalog in ("embedded", "hive", "none"), "catalog",
+                f"must be 'embedded', 'hive' or 'none', got {self.catalog!r}")
+        require(self.catalog != "hive" or self.metastore_uri.startswith("thrift://"), "metastore_uri",
+                "must be thrift://host:port when pool.catalog is 'hive'")
+        require(bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.catalog_db)), "catalog_db",
+                f"must be a plain identifier, got {self.catalog_db!r}")
         require(self.partitions >= 0, "partitions", "must be >= 0 (0: from items_per_partition)")
         require(self.items_per_partition >= 1, "items_per_partition", "must be >= 1")
         require(self.engine_batch >= 1, "engine_batch", "must be >= 1")

@@ -71,6 +71,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, key) for v in value]
+    if origin is dict:
+        inner = typing.get_args(tp)[1]
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        if dataclasses.is_dataclass(inner):  # a table of named sections, e.g. [pool.arms.<name>]
+            return {str(k): v if isinstance(v, inner) else _build(inner, v, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -213,8 +220,13 @@ def _replace_path(obj: Any, parts: list[str], value: Any, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(obj)}
     if name not in names:
         raise unknown_key(key, names)
+    tp = typing.get_type_hints(type(obj))[name]
     if len(parts) == 1:
-        new = _coerce(value, typing.get_type_hints(type(obj))[name], key)
+        new = _coerce(value, tp, key)
+    elif typing.get_origin(tp) is dict:  # pool.arms.<name>.<field>: edit the raw table, rebuild it
+        tree = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in getattr(obj, name).items()}
+        _set_path(tree, ".".join(parts[1:]), value)
+        new = _coerce(tree, tp, key)
     else:
         new = _replace_path(getattr(obj, name), parts[1:], value, key)
     return _construct(lambda **kw: dataclasses.replace(obj, **kw), {name: new}, prefix)
@@ -253,10 +265,15 @@ def to_toml(cfg: Any, with_help: bool = False) -> str:
     lines: list[str] = []
 
     def section(obj: Any, name: str) -> None:
-        scalars, tables = [], []
+        scalars, tables, named = [], [], []
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            (tables if dataclasses.is_dataclass(v) else scalars).append((f, v))
+            if isinstance(v, dict) and v and all(dataclasses.is_dataclass(x) for x in v.values()):
+                named.append((f, v))
+            elif isinstance(v, dict) and not v:
+                continue  # an empty table of sections: nothing to write
+            else:
+                (tables if dataclasses.is_dataclass(v) else scalars).append((f, v))
         if scalars:
             if name:
                 lines.append(f"[{name}]")
@@ -267,6 +284,9 @@ def to_toml(cfg: Any, with_help: bool = False) -> str:
             lines.append("")
         for f, v in tables:
             section(v, f"{name}.{f.name}" if name else f.name)
+        for f, v in named:
+            for key, sub in v.items():
+                section(sub, f"{name}.{f.name}.{key}" if name else f"{f.name}.{key}")
 
     section(cfg, "")
     return "\n".join(lines).rstrip() + "\n"

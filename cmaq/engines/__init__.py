@@ -54,13 +54,28 @@ def _key(cfg: EngineConfig) -> tuple:
     return tuple(sorted(vars(cfg).items()))
 
 
-def get_engine(cfg: EngineConfig) -> Engine:
+def get_engine(cfg: EngineConfig, exclusive: bool = False) -> Engine:
     """The process's engine for this configuration: created on first use, reused for every batch.
-    A build that raises caches nothing, so the next call (or Spark's next task attempt) tries afresh."""
+    A build that raises caches nothing, so the next call (or Spark's next task attempt) tries afresh.
+    ``exclusive``: close the process's engines of other configurations first, so a worker that moves
+    on to another model (the next A/B arm's merged adapter) holds one engine's memory, not two."""
+    with _LOCK:
+        others = [k for k in _ENGINES if k != _key(cfg)] if exclusive else []
+        closing = [_ENGINES.pop(k) for k in others]
+    for engine in closing:
+        _close(engine)
     with _LOCK:
         if _key(cfg) not in _ENGINES:
             _ENGINES[_key(cfg)] = make_engine(cfg)
         return _ENGINES[_key(cfg)]
+
+
+def _close(engine: Engine) -> None:
+    if hasattr(engine, "close"):
+        try:
+            engine.close()
+        except Exception:  # noqa: BLE001 - a dead engine may fail to close; it is dropped either way
+            pass
 
 
 def evict_engine(cfg: EngineConfig) -> bool:
@@ -68,9 +83,6 @@ def evict_engine(cfg: EngineConfig) -> bool:
     :func:`get_engine` builds a new one. Returns whether there was one."""
     with _LOCK:
         engine = _ENGINES.pop(_key(cfg), None)
-    if engine is not None and hasattr(engine, "close"):
-        try:
-            engine.close()
-        except Exception:  # noqa: BLE001 - a dead engine may fail to close; it is dropped either way
-            pass
+    if engine is not None:
+        _close(engine)
     return engine is not None

@@ -16,6 +16,7 @@ from cmaq.artifacts import dir_hash
 from cmaq.config import EngineConfig
 from cmaq.engines.base import ENGINE_ERROR, Candidate, GenResult, PromptBuilder, adapter_version, \
     dead_engine_error, engine_dead, request_seed
+from cmaq.engines.merged import adapter_rank, lora_rank_for
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +28,32 @@ class VllmEngine:
         self._llm = None
         self._prompts: PromptBuilder | None = None
         self._loras: dict[str, object] = {}
+        self._max_rank = 0
 
         self.model_version = dir_hash(model_dir)
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _engine(self):
+    def _engine(self, adapter: str | None = None):
+        if self._llm is not None and adapter and not self.cfg.max_lora_rank and \
+                adapter_rank(adapter) > self._max_rank:
+            # max_lora_rank 0 follows the adapters: one of a larger rank than the engine was built
+            # for is served by an engine rebuilt for it (once per larger rank)
+            log.info("rebuilding the vLLM engine for LoRA rank %d (was %d)", adapter_rank(adapter), self._max_rank)
+            self.close()
+            self._loras.clear()
         if self._llm is None:
             # vLLM's CPU build forks workers; spawn keeps them clear of the parent's threads (Spark, torch).
             os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
             from vllm import LLM
 
             c = self.cfg
+            # 0: the adapter's rank (8 without one); a set rank refuses larger adapters in _lora
+            self._max_rank = c.max_lora_rank or max(self._max_rank, lora_rank_for([adapter]))
             self._llm = LLM(
                 model=self.model_dir, tokenizer=self.model_dir, dtype=c.dtype, max_model_len=c.max_model_len,
                 gpu_memory_utilization=c.gpu_memory_utilization, enforce_eager=c.enforce_eager,
-                enable_lora=True, max_lora_rank=c.max_lora_rank, max_loras=c.max_loras,
+                enable_lora=True, max_lora_rank=self._max_rank, max_loras=c.max_loras,
                 tensor_parallel_size=c.tensor_parallel_size, seed=c.seed,
                 enable_chunked_prefill=c.chunked_prefill, max_num_batched_tokens=max(c.max_model_len, 8192))
             self._prompts = PromptBuilder(self._llm.get_tokenizer(), c)
@@ -65,6 +76,10 @@ class VllmEngine:
         if version not in self._loras:
             from vllm.lora.request import LoRARequest
 
+            if adapter_rank(adapter) > self._max_rank:
+                raise ValueError(f"{adapter}: LoRA rank {adapter_rank(adapter)} exceeds this engine's "
+                                 f"max_lora_rank {self._max_rank}; set engine.max_lora_rank")
+
             # A stable positive id per adapter content: the same adapter is the same LoRA slot.
             lora_id = (zlib.crc32(version.encode()) & 0x7FFFFFFF) or 1
             self._loras[version] = LoRARequest(lora_name=version, lora_int_id=lora_id, lora_path=str(adapter))
@@ -73,7 +88,7 @@ class VllmEngine:
     # ------------------------------------------------------------------ requests
 
     def _prepare(self, items: Sequence[Mapping], adapter: str | None):
-        self._engine()
+        self._engine(adapter)
         lora, aversion = self._lora(adapter)
         results, prompts, slots = self._prompts.requests(items, self.model_version, aversion)
         return results, prompts, slots, lora

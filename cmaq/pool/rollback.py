@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from cmaq.config import CmaqConfig
 from cmaq.pool import atomic_write, new_op_id, write_record
@@ -10,9 +11,11 @@ from cmaq.pool.sinks import open_sink
 from cmaq.pool.versions import current_version, read_manifest
 
 
-def rollback(cfg: CmaqConfig, to: str | None = None) -> dict:
+def rollback(cfg: CmaqConfig, to: str | None = None, after_switch: Callable[[], dict] | None = None) -> dict:
     """Move the Parquet `current` pointer and the cache's pointer back together: to ``to``, or to
-    the version the current one replaced. The target must still exist in both stores."""
+    the version the current one replaced. The target must still exist in both stores.
+    ``after_switch()`` runs under the same lease once both pointers moved (the catalog's views are
+    switched there); what it returns is recorded as ``catalog``."""
     root = Path(cfg.pool.root)
     current = current_version(root)
     if current is None:
@@ -34,5 +37,7 @@ def rollback(cfg: CmaqConfig, to: str | None = None) -> dict:
                 raise FileNotFoundError(f"version {target} is not in the cache any more (pool.kv_keep)")
             sink.set_pointer(target)
         atomic_write(root / "current", target + "\n")
+        if after_switch is not None:
+            record["catalog"] = after_switch()
     write_record(root, op_id, record)
     return record

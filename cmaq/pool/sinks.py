@@ -4,7 +4,9 @@
     sqlite:///path/to/pool.db                           the embedded default, same semantics
 
 Layout: every published version under versioned keys ``{prefix}:{version}:{content_id}``; the pointer
-``{prefix}:current`` names the version readers use. Values are JSON with a schema version and the
+``{prefix}:current`` names the version readers use. A version that serves A/B arms keys each value
+``{prefix}:{version}:{arm}:{content_id}`` (:func:`item_id`; an arm name holds no ``:``) and holds its
+traffic split under ``{prefix}:{version}:_arms`` (:func:`encode_arms`). Values are JSON with a schema version and the
 ordered queries with their scores (:func:`encode_value`). Each sink plays four roles, one protocol
 each, so a caller states which part it needs: reading (:class:`ReadableStore`), loading and retiring
 versions (:class:`VersionStore`), holding the writer's lease (:class:`LeaseStore`) and measuring
@@ -24,6 +26,19 @@ from typing import Iterable, Iterator, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 VALUE_SCHEMA_VERSION = 1
+ARMS_ITEM = "_arms"  # no arm name starts with "_", so no served item has this id
+
+
+def item_id(content_id: str, arm: str | None = None) -> str:
+    """The cache's id of one served item: the content id, or ``arm:content_id`` in a pool with arms."""
+    return f"{arm}:{content_id}" if arm else content_id
+
+
+def encode_arms(weights: dict[str, float], salt: str) -> bytes:
+    """A version's traffic split, published with it: the online service assigns units with
+    :func:`cmaq.pool.arms.assign_arm` from these weights and this salt."""
+    return json.dumps({"schema": VALUE_SCHEMA_VERSION, "weights": weights, "salt": salt},
+                      sort_keys=True).encode("utf-8")
 
 
 def redact_url(url: str) -> str:

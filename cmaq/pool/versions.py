@@ -11,9 +11,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cmaq.schema import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA
+from cmaq.schema import DROPPED_SCHEMA, POOL_SCHEMA, QUARANTINE_SCHEMA, with_arm
 
 TABLES = (("pool", POOL_SCHEMA), ("dropped", DROPPED_SCHEMA), ("quarantine", QUARANTINE_SCHEMA))
+ARMED_TABLES = tuple((name, with_arm(schema)) for name, schema in TABLES)
+
+
+def tables(armed: bool) -> tuple:
+    """(name, schema) of a version's three tables: with the ``arm`` column when it serves arms."""
+    return ARMED_TABLES if armed else TABLES
+
+
+def version_arms(vdir: Path) -> dict:
+    """The arms a published version serves (name -> weight, adapter, versions), {} for a pool without arms."""
+    manifest = vdir / "manifest.json"
+    return json.loads(manifest.read_text()).get("arms") or {} if manifest.exists() else {}
 DELTA_MANIFEST = "manifest.json"  # written last: a delta without it is not part of the version
 
 

@@ -88,3 +88,18 @@ class WorkerKillingEngine(PlantingEngine):
         if killer and any(str(it.get("content_id")) == killer for it in items):
             os._exit(137)
         return super().beam(items, width=width, adapter=adapter)
+
+
+class AdapterStyledEngine(PlantingEngine):
+    """PlantingEngine whose adapters leave a mark: an adapter directory named ``style-<word>`` ends
+    every query with ``<word>``, so a test can tell which arm's adapter made a row."""
+
+    def beam(self, items, width=5, adapter=None):
+        from pathlib import Path
+
+        out = super().beam(items, width=width, adapter=adapter)
+        if adapter:
+            word = Path(adapter).name.split("-")[-1]
+            for res in out:
+                res.candidates = [Candidate(f"{c.text} {word}", c.logprob, c.rank) for c in res.candidates]
+        return out

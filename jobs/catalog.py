@@ -1,0 +1,123 @@
+"""Catalog tables for analysts: the current pool version as views in the Spark catalog, so any Spark
+SQL client on the same metastore reads what the cache serves.
+
+    cmaq.cmaq_pool_current        served queries (base rows plus every nearline delta and purge)
+    cmaq.cmaq_dropped_current     candidates the filters dropped, with reasons
+    cmaq.cmaq_quarantine_current  items that could not be served
+
+Each view is SQL over the version's own Parquet directories: the base table, minus the items a later
+delta names, plus each delta's rows of the items no newer delta names (the rule of
+:func:`jobs.pool_tables.version_frames`). Publishing a version, a nearline delta or a purge, and a
+rollback, re-create the views in the same step, so they switch with the ``current`` pointer.
+
+Metastore (``pool.catalog``): ``embedded`` (the default) keeps a Derby metastore under
+``<pool root>/catalog``; embedded Derby admits one JVM at a time, so one session at a time — a
+nightly, ``cmaq sql run`` or a ``spark-sql`` shell — may have it open. ``hive`` uses the Hive
+metastore at ``pool.metastore_uri`` (many sessions at once). ``none`` registers nothing.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cmaq.config import PoolConfig
+from cmaq.pool.versions import committed_deltas, current_version, tables, version_arms
+from jobs.spark import get_spark
+
+log = logging.getLogger(__name__)
+
+VIEW = "cmaq_{table}_current"
+
+
+def catalog_conf(pool: PoolConfig) -> dict:
+    """Session settings that open the pool's metastore (empty for ``pool.catalog = none``). They are
+    static: they count only for a session created with them."""
+    if pool.catalog == "none":
+        return {}
+    conf = {"spark.sql.catalogImplementation": "hive"}
+    if pool.catalog == "hive":
+        return {**conf, "spark.hadoop.hive.metastore.uris": pool.metastore_uri}
+    home = Path(pool.root).resolve() / "catalog"
+    return {**conf,
+            "spark.sql.warehouse.dir": str(home / "warehouse"),
+            "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={home / 'metastore_db'};create=true"}
+
+
+def catalog_session(app_name: str, pool: PoolConfig):
+    """The job's SparkSession with the pool's metastore open (an existing session is returned as it
+    is: its catalog cannot change any more). Derby boots at the first catalog access, after this:
+    its log goes beside the metastore, not into whatever directory the job was started from."""
+    spark = get_spark(app_name, conf=catalog_conf(pool))
+    if pool.catalog == "embedded":
+        # Derby creates the directory when it first boots, so a run refused before that leaves none
+        home = Path(pool.root).resolve() / "catalog"
+        spark.sparkContext._jvm.java.lang.System.setProperty("derby.system.home", str(home))
+    return spark
+
+
+def has_catalog(spark) -> bool:
+    return spark.conf.get("spark.sql.catalogImplementation", "in-memory") == "hive"
+
+
+_SQL_TYPES = {"string": "STRING", "int32": "INT", "int64": "BIGINT", "double": "DOUBLE"}
+
+
+def _has_files(table_dir: Path) -> bool:
+    """Spark writes no Parquet file for an empty partitioned table, and a path without one cannot be read."""
+    return table_dir.exists() and any(table_dir.rglob("*.parquet"))
+
+
+def _empty_select(schema) -> str:
+    cols = [f"CAST(NULL AS {_SQL_TYPES.get(str(f.type), 'TIMESTAMP')}) AS `{f.name}`" for f in schema]
+    return f"SELECT {', '.join(cols)} WHERE false"
+
+
+def _quote(path: Path) -> str:
+    return "parquet.`" + str(path.resolve()).replace("`", "``") + "`"
+
+
+def view_sql(vdir: Path, table: str) -> str:
+    """The SQL of one table of a version as readers see it: base plus deltas, newest delta winning."""
+    layers = [vdir, *committed_deltas(vdir)]
+    schema = dict(tables(bool(version_arms(vdir))))[table]
+    columns = ", ".join(f"t.`{c}`" for c in schema.names)
+
+    def named(layer: Path) -> str:  # the content ids a layer names, in any of its tables
+        return " UNION ".join(f"SELECT content_id FROM {_quote(layer / t)}" for t, _ in tables(False)
+                              if _has_files(layer / t)) or "SELECT CAST(NULL AS STRING) AS content_id WHERE false"
+
+    parts = []
+    for i, layer in enumerate(layers):
+        if not _has_files(layer / table):
+            continue  # a layer without rows of this table
+        select = f"SELECT {columns} FROM {_quote(layer / table)} t"
+        later = layers[i + 1:]
+        if later:
+            newer = " UNION ".join(f"({named(d)})" for d in later)
+            select += f" LEFT ANTI JOIN ({newer}) n ON t.content_id = n.content_id"
+        parts.append(select)
+    return "\nUNION ALL\n".join(parts) or _empty_select(schema)
+
+
+def register_current(spark, pool: PoolConfig) -> dict:
+    """(Re)create the ``*_current`` views over the current version; what was done, for the run record.
+    A session without a metastore (``pool.catalog = none``, or a session created without the
+    settings of :func:`catalog_conf`) registers nothing and says why."""
+    if pool.catalog == "none":
+        return {"registered": False, "reason": "pool.catalog is none"}
+    if not has_catalog(spark):
+        return {"registered": False, "reason": "this Spark session has no metastore (it was created without "
+                                               "jobs.catalog.catalog_conf)"}
+    root = Path(pool.root)
+    version = current_version(root)
+    if version is None:
+        return {"registered": False, "reason": "nothing published"}
+    vdir = root / "versions" / version
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS `{pool.catalog_db}`")
+    views = []
+    for table, _ in tables(False):
+        name = f"`{pool.catalog_db}`.`{VIEW.format(table=table)}`"
+        spark.sql(f"CREATE OR REPLACE VIEW {name} COMMENT 'cmaq pool version {version}' AS {view_sql(vdir, table)}")
+        views.append(f"{pool.catalog_db}.{VIEW.format(table=table)}")
+    log.info("catalog: %s now show version %s", ", ".join(views), version)
+    return {"registered": True, "catalog": pool.catalog, "version": version, "views": views}
