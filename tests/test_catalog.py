@@ -21,13 +21,9 @@ DOUBLE = "engine.backend=tests.doubles.engines:PlantingEngine"
 # What a Spark SQL client runs: a session of its own, on the pool's metastore, nothing of the job's.
 CLIENT = """
 import json, sys
-from pyspark.sql import SparkSession
-from jobs.catalog import catalog_conf
+from jobs.catalog import catalog_session
 from cmaq.config import PoolConfig
-builder = SparkSession.builder.master("local[1]").appName("analyst")
-for k, v in catalog_conf(PoolConfig(root=sys.argv[1])).items():
-    builder = builder.config(k, v)
-spark = builder.getOrCreate()
+spark = catalog_session("analyst", PoolConfig(root=sys.argv[1]))
 rows = spark.sql("SELECT content_id, query, run_id FROM cmaq.cmaq_pool_current").collect()
 dropped = spark.sql("SELECT count(*) FROM cmaq.cmaq_dropped_current WHERE reason = 'purged'").first()[0]
 print(json.dumps({"rows": [list(r) for r in rows], "purged": dropped}))
