@@ -425,19 +425,20 @@ def with_progress(action, items_done, engine_ms, total: int, every_s: float):
     return [r.asDict() for r in result[0]]
 
 
-def generate_arms(todo: DataFrame, arms: Arms, filters_cfg: FiltersConfig, pool: PoolConfig, staging_root: Path,
-                  run_id: str) -> tuple[dict, dict]:
+def generate_arms(todo: DataFrame, n_todo: int, arms: Arms, filters_cfg: FiltersConfig, pool: PoolConfig,
+                  staging_root: Path, run_id: str) -> tuple[dict, dict]:
     """Generate each arm's share of ``todo`` (rows with ``arm`` in a pool with arms), arm after arm:
     one stage of that arm's plan partitions each, so a worker builds an arm's engine once and closes
     it before the next arm's (:func:`cmaq.engines.get_engine` with ``exclusive``). A merged adapter is
     a model of its own; running arms side by side would add their engines' memory up on every worker.
     Returns the staged tables (pool / dropped / quarantine, with ``arm`` when armed) and the
-    statistics: the stages' totals, and per arm under ``arms``."""
+    statistics: the stages' totals, every stage's ``plan_ids``, and per arm under ``arms``.
+    ``n_todo``: the rows of ``todo`` (the caller has counted them)."""
     spark = todo.sparkSession
     if not arms.armed:
-        staged, stats = generate_partitions(todo, todo.count(), arms.arms[0].serving, filters_cfg, pool,
+        staged, stats = generate_partitions(todo, n_todo, arms.arms[0].serving, filters_cfg, pool,
                                             staging_root, run_id)
-        return staged_frames(spark, staged), stats
+        return staged_frames(spark, staged), {**stats, "plan_ids": [stats["plan_id"]]}
     todo_by_arm = {r[0]: int(r[1]) for r in todo.groupBy("arm").count().collect()}
     frames, per_arm = [], {}
     for arm in arms.arms:

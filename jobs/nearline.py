@@ -132,10 +132,11 @@ def _refresh(spark, cfg: CmaqConfig, checked: CheckedContent, arms: Arms, root: 
     if n_todo:
         staging_root = root / "staging" / "nearline"
         with timer("generate"):
-            delta, stats = generate_arms(todo, arms, cfg.filters, cfg.pool, staging_root, report.op_id)
+            delta, stats = generate_arms(todo, n_todo * len(arms.arms), arms, cfg.filters, cfg.pool, staging_root,
+                                         report.op_id)
         report.counts["generated"] = stats["generated"] + stats["skipped"]
         check_every_item_once(delta, todo)
-        staging = [staging_root / p for p in stats.get("plan_ids") or [stats["plan_id"]]]
+        staging = [staging_root / p for p in stats["plan_ids"]]
     else:
         report.counts["generated"] = 0
     if n_takedowns:

@@ -110,7 +110,7 @@ def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, arms: Ar
     report.counts["to_generate"] = n_todo
 
     with timer("generate"):
-        staged, stats = generate_arms(todo, arms, cfg.filters, cfg.pool, root / "staging", report.run_id)
+        staged, stats = generate_arms(todo, n_todo, arms, cfg.filters, cfg.pool, root / "staging", report.run_id)
     report.counts["generated"], report.counts["skipped_committed"] = stats.pop("generated"), stats.pop("skipped")
     report.counts["engine_restarts"] = stats["engine_restarts"]
     report.generation = stats
@@ -134,7 +134,7 @@ def _run(spark: SparkSession, cfg: CmaqConfig, checked: CheckedContent, arms: Ar
         shutil.rmtree(tmp, ignore_errors=True)
         return
     publish_version(spark, cfg, root, tmp, report, timer)
-    for plan in stats.get("plan_ids") or [stats["plan_id"]]:
+    for plan in stats["plan_ids"]:
         shutil.rmtree(root / "staging" / plan, ignore_errors=True)
     prune_versions(root, cfg.pool.keep_versions)
     for df in (todo, carried):
