@@ -49,6 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--partitions", type=int, default=0, help="Plan partitions P (0: 8 x slots).")
     p.add_argument("--chunk-items", type=int, default=0, help="Chunked design: items per chunk (0: slots x 500).")
     p.add_argument("--skip-chunked", action="store_true", help="Leave out the chunked design's run.")
+    p.add_argument("--runs", default="probe,kill,full", help="Which runs, comma-separated: probe (one stage at "
+                                                            "--probe-items), kill (killed at half, then rerun), "
+                                                            "full (one stage and chunked at --items).")
     p.add_argument("--workdir", default="", help="Where the world and pool roots go (default: a new temp dir); "
                                                  "a world already there is reused.")
     p.add_argument("--seed", type=int, default=41)
@@ -106,11 +109,12 @@ def run_child(args: argparse.Namespace) -> dict:
                              "pool.lease_ttl_s=5"])
     if args.child == "chunked":
         jobs.nightly.generate_partitions = chunked_generation(args.chunk_items or 500 * slots, slots)
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), time.time()
     report = jobs.nightly.build_pool(spark, cfg, args.content)
     wall = time.perf_counter() - t0
     spark.stop()
-    return {"status": report.status, "error": report.error, "job_wall_s": round(wall, 1), "timings": report.timings,
+    return {"status": report.status, "error": report.error, "job_wall_s": round(wall, 1), "started_at": started_at,
+            "timings": report.timings,
             "generation": report.generation, "counts": {k: report.counts.get(k) for k in (
                 "read", "to_generate", "generated", "skipped_committed", "pool_items", "quarantined")}}
 
@@ -123,6 +127,7 @@ class TreeSampler:
 
     def __init__(self, root_pid: int):
         self.root_pid, self.cpu, self.hwm, self.kind = root_pid, {}, {}, {}
+        self.timeline: list[tuple[float, float]] = []  # (epoch s, the tree's CPU seconds so far)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -162,6 +167,24 @@ class TreeSampler:
             self.hwm[pid] = max(self.hwm.get(pid, 0), hwm)
             self.kind[pid] = ("driver" if pid == self.root_pid else "jvm" if cmd.endswith("java")
                               else "python_worker")
+        self.timeline.append((time.time(), sum(self.cpu.values()) / CLK_TCK))
+
+    def cpu_between(self, t0: float, t1: float) -> float:
+        """The tree's CPU seconds between two epoch times, from the one-second samples."""
+        def at(t):
+            before = [c for ts, c in self.timeline if ts <= t]
+            return before[-1] if before else 0.0
+        return at(t1) - at(t0)
+
+    def cpu_by_phase(self, started_at: float, timings: dict) -> dict:
+        """CPU core-seconds per job phase (the job's timings run one after another from ``started_at``);
+        ``startup`` is everything before the job (interpreter, Spark), ``shutdown`` after it."""
+        out, t = {"startup": self.cpu_between(0, started_at)}, started_at
+        for phase, seconds in timings.items():
+            out[phase] = self.cpu_between(t, t + seconds)
+            t += seconds
+        out["shutdown"] = self.cpu_between(t, float("inf"))
+        return {k: round(v, 1) for k, v in out.items()}
 
     def _in_tree(self, pid, parents) -> bool:
         seen = 0
@@ -178,7 +201,9 @@ class TreeSampler:
         return {"driver_peak_rss_mb": peak("driver"), "jvm_peak_rss_mb": peak("jvm"),
                 "python_worker_peak_rss_mb": peak("python_worker"),
                 "python_workers_seen": sum(1 for k in self.kind.values() if k == "python_worker"),
-                "cpu_core_s": round(sum(self.cpu.values()) / CLK_TCK, 1)}
+                "cpu_core_s": round(sum(self.cpu.values()) / CLK_TCK, 1),
+                "cpu_core_s_by_kind": {kind: round(sum(t for p, t in self.cpu.items() if self.kind.get(p) == kind)
+                                                   / CLK_TCK, 1) for kind in ("driver", "jvm", "python_worker")}}
 
 
 def start_child(args, design: str, content: Path, root: Path, log_path: Path) -> subprocess.Popen:
@@ -210,6 +235,8 @@ def measured(args, design: str, content: Path, root: Path, items: int, log_path:
             out = json.loads(stdout.strip().splitlines()[-1])
     out.update(sampler.figures(), design=design, items=items, slots=args.slots)
     gen = out.get("generation")
+    if "started_at" in out:
+        out["cpu_core_s_by_phase"] = sampler.cpu_by_phase(out.pop("started_at"), out["timings"])
     if gen:
         gen_wall = out["timings"]["generate"]
         out["utilization_generate"] = round(gen["engine_busy_s"] / (gen_wall * args.slots), 3)
@@ -260,25 +287,34 @@ def main(args: argparse.Namespace) -> dict:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
         print(f"[bench] {name}: {json.dumps(value)[:400]}", file=sys.stderr)
 
-    record("stage_probe", {**measured(args, "stage", probe, workdir / "pool-probe", args.probe_items,
-                                      workdir / "stage_probe.log"), "engine_bound_wall_s": engine_bound_s(probe, args.slots)})
+    runs = set(args.runs.split(","))
+    if runs - {"probe", "kill", "full"}:
+        raise SystemExit(f"--runs: unknown run(s) {sorted(runs - {'probe', 'kill', 'full'})}")
+    if "probe" in runs:
+        record("stage_probe", {**measured(args, "stage", probe, workdir / "pool-probe", args.probe_items,
+                                          workdir / "stage_probe.log"),
+                               "engine_bound_wall_s": engine_bound_s(probe, args.slots)})
+    if "kill" in runs:
+        record("kill_at_half_then_rerun", killed_then_rerun(args, probe, workdir))
+    if "full" in runs:
+        for name, design in [("stage_full", "stage")] + ([] if args.skip_chunked else [("chunked_full", "chunked")]):
+            record(name, {**measured(args, design, full, workdir / f"pool-{name}", args.items,
+                                     workdir / f"{name}.log"), "engine_bound_wall_s": engine_bound_s(full, args.slots)})
+    results["bench_wall_s"] = round(time.perf_counter() - t_all, 1)
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
 
+
+def killed_then_rerun(args, probe: Path, workdir: Path) -> dict:
     kill_root = workdir / "pool-kill"
     killed = measured(args, "stage", probe, kill_root, args.probe_items, workdir / "killed.log", kill_at=0.5)
     time.sleep(6)  # the killed run's lease (pool.lease_ttl_s = 5) expires
     rerun = measured(args, "stage", probe, kill_root, args.probe_items, workdir / "rerun.log")
     gen, counts = rerun["generation"], rerun["counts"]
-    record("kill_at_half_then_rerun", {
+    return {
         "killed": killed, "rerun": rerun, "partitions_committed_before": gen["committed_before"],
         "partitions_redone": gen["partitions"] - gen["committed_before"], "items_skipped": counts["skipped_committed"],
-        "items_redone": counts["generated"], "redone_share": round(counts["generated"] / args.probe_items, 3)})
-
-    for name, design in [("stage_full", "stage")] + ([] if args.skip_chunked else [("chunked_full", "chunked")]):
-        record(name, {**measured(args, design, full, workdir / f"pool-{name}", args.items, workdir / f"{name}.log"),
-                      "engine_bound_wall_s": engine_bound_s(full, args.slots)})
-    results["bench_wall_s"] = round(time.perf_counter() - t_all, 1)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    return results
+        "items_redone": counts["generated"], "redone_share": round(counts["generated"] / args.probe_items, 3)}
 
 
 if __name__ == "__main__":

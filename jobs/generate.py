@@ -415,10 +415,13 @@ def with_progress(action, items_done, engine_ms, total: int, every_s: float):
     threading.Thread(target=run, name="generate-stage", daemon=True).start()
     while not done.wait(every_s):
         n, dt = items_done.value, time.perf_counter() - t0
-        rate = n / dt if dt else 0.0
-        eta = (total - n) / rate if rate else float("inf")
+        if n == 0:  # accumulators arrive with finished batches: until then, engines are starting
+            log.info("generate: 0 of %d items after %.0f s (engines starting, first batches running)", total, dt)
+            continue
+        rate = n / dt
+        eta = (total - n) / rate
         log.info("generate: %d of %d items (%.1f%%), %.1f items/s, engine busy %.0f s, ETA %s", n, total,
-                 100 * n / max(total, 1), rate, engine_ms.value / 1000, f"{eta:.0f} s" if rate else "unknown")
+                 100 * n / max(total, 1), rate, engine_ms.value / 1000, f"{eta:.0f} s")
     if error:
         raise error[0]
     log.info("generate: %d items in %.1f s", items_done.value, time.perf_counter() - t0)

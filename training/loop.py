@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
+#: Seconds between progress lines in the log (the progress bar, on a terminal, is the live view).
+PROGRESS_LOG_S = 30.0
 
 
 def cosine_with_warmup(optimizer, warmup: int, total: int):
@@ -122,10 +124,12 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
         start, curve = state["step"], state["curve"]
         early = _EarlyStopping(early.patience, state.get("early"))
         log.info("%s: resuming at step %d/%d", describe, start, len(plan))
-    t0 = time.perf_counter()
+    t0 = last_log = time.perf_counter()
     model.train()
     stopped_at = None
-    bar = tqdm(range(start, len(plan)), initial=start, total=len(plan), desc=describe, mininterval=2.0)
+    # disable=None: no bar where stderr is no terminal (a log file); the progress log lines stand in
+    bar = tqdm(range(start, len(plan)), initial=start, total=len(plan), desc=describe, mininterval=2.0,
+               disable=None)
     for step in bar:
         with precision:
             loss = step_loss(plan[step])
@@ -137,6 +141,11 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
         curve.append(round(float(loss.detach()), 5))
         bar.set_postfix(loss=f"{sum(curve[-20:]) / len(curve[-20:]):.4f}")
         done = step + 1
+        if time.perf_counter() - last_log >= PROGRESS_LOG_S:
+            last_log = time.perf_counter()
+            rate = (done - start) / (last_log - t0)
+            log.info("%s: step %d/%d, loss %.4f, %.1f steps/s, ETA %.0f s", describe, done, len(plan),
+                     sum(curve[-20:]) / len(curve[-20:]), rate, (len(plan) - done) / rate)
         if validate is not None and (done % every == 0 or done == len(plan)):
             model.eval()
             with precision:

@@ -101,6 +101,15 @@ PROFILES: dict[str, list[str]] = {
             "sft.lr=3e-4", "sft.epochs=2", "sft.batch_size=64", "align.lr=1e-4", "align.batch_size=32",
             "align.warmup_steps=5", "align.temperature=1.0", "align.sampler_batch=64", "engine.hf_batch_size=64",
             *_HEADLINE_ALIGN],
+    # `make demo`: the chain once, small enough for the demo's 15 minutes on 2 cores (world and data at the
+    # demo's own sizes): one member per RM on a slice of its data, a fraction of an epoch of QSA, one CMAQ
+    # iteration of the headline's settings on a few dozen notes.
+    "demo": ["model.factory=task", "engine.max_model_len=481", "reproduce.rm_factory=tiny", "reproduce.seeds=[0]",
+             "rm_exp.members=1", "rm_ctr.members=1", "rm_exp.epochs=1", "rm_ctr.epochs=1",
+             "rm_exp.max_train_examples=2000", "rm_ctr.max_train_examples=2000", *_TINY_TRAINING,
+             "sft.lr=2e-3", "sft.lora_alpha=64", "sft.epochs=0.25",
+             "align.contents=64", "align.k=6", "align.iterations=1", "align.probe_contents=16",
+             "align.lr=5e-4", "align.beta0=1.0", *_HEADLINE_ALIGN],
     # Two seeds (the headline's seed machinery) and the full protocol's additions on the first, each reduced
     # to a point or two; Figure 7 at the run's own k (CMAQ's run, reused) and at another (its own samples).
     "smoke": ["world.items=400", "world.seed=5", "rm_exp.epochs=0.3", "rm_ctr.epochs=0.2", "rm_ctr.patience=1",
@@ -136,9 +145,9 @@ def profile_config(profile: str, config_file: str | None = None, overrides: tupl
 class Reproduction:
     """The chain's steps over one configuration; each is idempotent."""
 
-    def __init__(self, cfg: CmaqConfig, spark=None, progress=print):
+    def __init__(self, cfg: CmaqConfig, spark=None, progress=print, tag: str = "reproduce"):
         self.cfg, self.out = with_backbone(cfg), Path(cfg.reproduce.out)
-        self._spark, self.progress = spark, progress
+        self._spark, self.progress, self.tag = spark, progress, tag  # tag: the progress lines' prefix
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ paths
@@ -195,14 +204,14 @@ class Reproduction:
 
     def _timed(self, name: str, fn, done: Path):
         if done.exists():
-            self.progress(f"[reproduce] {name}: done earlier, skipped")
+            self.progress(f"[{self.tag}] {name}: done earlier, skipped")
             return
-        self.progress(f"[reproduce] {name} ...")
+        self.progress(f"[{self.tag}] {name} ...")
         t0 = time.perf_counter()
         fn()
         self.timings[name] = round(time.perf_counter() - t0, 1)
         self._save_timings()
-        self.progress(f"[reproduce] {name}: {self.timings[name]:.0f} s")
+        self.progress(f"[{self.tag}] {name}: {self.timings[name]:.0f} s")
 
     def _save_timings(self) -> None:
         """Step durations survive a resume: ``timings.json`` gathers those of every run into ``out``."""
@@ -216,7 +225,7 @@ class Reproduction:
 
     def make_data(self) -> None:
         if all((self.data / f"summary_{k}.json").exists() for k in ("sft", "ctr-pairs", "expansion")):
-            self.progress("[reproduce] data: done earlier, skipped")
+            self.progress(f"[{self.tag}] data: done earlier, skipped")
             return
         # pyspark is optional here: the GPU machine has none and gets its data built elsewhere (make
         # reproduce-gpu-data), so the Spark builders are imported only when the data must be built.
@@ -277,23 +286,26 @@ class Reproduction:
         pairs = str(self.data / "ctr_pairs")
         for seed in self.cfg.reproduce.seeds:
             root = self.seed_dir(seed) / "baselines"
-            out = self.cmaq_dir(seed, alpha)
-            self._timed(f"seed {seed}: cmaq α={alpha:g}", lambda: self._align(self._align_cfg(out, alpha, seed)),
-                        out / "metrics.json")
+            self.train_cmaq(seed, alpha)
             self._timed(f"seed {seed}: dpo", lambda: self._baseline(self._align_cfg(root, alpha, seed), "dpo", pairs),
                         root / "dpo" / "summary.json")
             target = root / f"morl-a{alpha:g}"
             self._timed(f"seed {seed}: morl α={alpha:g}", lambda: self._baseline_at("morl", alpha, seed, target),
                         target / "summary.json")
 
+    def train_cmaq(self, seed: int, alpha: float) -> Path:
+        """CMAQ at ``alpha`` with training seed ``seed``; its served adapter's directory."""
+        out = self.cmaq_dir(seed, alpha)
+        self._timed(f"seed {seed}: cmaq α={alpha:g}", lambda: self._align(self._align_cfg(out, alpha, seed)),
+                    out / "metrics.json")
+        return out / "adapter"
+
     def run_full(self) -> None:
         """The full protocol's additions on its seeds: CMAQ over the α grid, the baselines over theirs,
         the ablations and Figure 7."""
         for seed in self.full_seeds:
             for alpha in self.cmaq_alphas(seed)[1:]:
-                out = self.cmaq_dir(seed, alpha)
-                self._timed(f"seed {seed}: cmaq α={alpha:g}", lambda: self._align(self._align_cfg(out, alpha, seed)),
-                            out / "metrics.json")
+                self.train_cmaq(seed, alpha)
             self._run_baselines(seed)
             self._run_ablations(seed)
             self._run_figure7(seed)
@@ -398,7 +410,7 @@ class Reproduction:
         t0 = time.perf_counter()
         frames, policies = [], self.policies()
         for i, policy in enumerate(policies, 1):
-            self.progress(f"[reproduce] evaluating {policy.name} ({i}/{len(policies)})")
+            self.progress(f"[{self.tag}] evaluating {policy.name} ({i}/{len(policies)})")
             frames.append(evaluator.rows(policy))
         self.timings["evaluation"] = round(time.perf_counter() - t0, 1)
         self._save_timings()
