@@ -220,7 +220,9 @@ def serving_notes(chain: Reproduction, n_items: int, out: Path) -> tuple[Path, l
 def arm_settings(chain: Reproduction, pool_root: Path, n_items: int) -> dict:
     """The nightly's settings: two arms at half the traffic each, adapters merged into the base."""
     cmaq_adapter = chain.cmaq_dir(chain.cfg.reproduce.seeds[0], chain.cfg.reproduce.headline_alpha) / "adapter"
-    return {"pool.root": str(pool_root), "pool.items_per_partition": max(1, n_items // 4),
+    # One partition per arm: one engine at a time gets both cores. Two engines on two cores (a partition
+    # per Spark slot) start side by side, each as slowly as one, then halve each other's speed.
+    return {"pool.root": str(pool_root), "pool.items_per_partition": n_items,
             "pool.arms.qsa.adapter": str(chain.out / "qsa" / "adapter"), "pool.arms.qsa.weight": 0.5,
             "pool.arms.cmaq.adapter": str(cmaq_adapter), "pool.arms.cmaq.weight": 0.5,
             # one model per arm on the CPU build: LoRA per request costs ~5x the bare model's time
