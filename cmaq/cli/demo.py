@@ -58,7 +58,7 @@ SERVING_ONLY = {"engine": ("adapter_mode", "merge_cache", "max_loras", "max_lora
                            "gpu_memory_utilization")}
 TRAINING_REPRODUCE = ("rm_factory", "seeds", "headline_alpha", "backbone_layers", "backbone_hidden")
 #: The project's loggers whose INFO lines are progress worth a console line (the rest go to the log file).
-PROGRESS_LOGGERS = ("training", "jobs.generate", "jobs.catalog")
+PROGRESS_LOGGERS = ("training", "jobs.generate", "jobs.catalog", "cmaq.engines.tiny")
 ARMS = ("qsa", "cmaq")
 
 
@@ -327,7 +327,7 @@ def run_demo(cfg: CmaqConfig, key: str, out: Path, pool_root: Path, args, consol
     done = Path(cfg.reproduce.out) / "DONE"
     console.say(f"[demo] training chain (demo profile), cached by content hash {key} in {cfg.reproduce.out}"
                 + (": trained earlier, every step is skipped" if done.exists() else
-                   ": world, data, reward models, QSA, CMAQ (about 9 minutes the first time)"))
+                   ": world, data, reward models, QSA, CMAQ (about 8 minutes the first time)"))
     link_training(out, cfg.reproduce.out)
     with console.step("spark start"):
         spark = catalog_session("cmaq-demo", with_values(cfg, {"pool.root": str(pool_root)}).pool)

@@ -107,7 +107,7 @@ PROFILES: dict[str, list[str]] = {
     "demo": ["model.factory=task", "engine.max_model_len=481", "reproduce.rm_factory=tiny", "reproduce.seeds=[0]",
              "rm_exp.members=1", "rm_ctr.members=1", "rm_exp.epochs=1", "rm_ctr.epochs=1",
              "rm_exp.max_train_examples=2000", "rm_ctr.max_train_examples=2000", *_TINY_TRAINING,
-             "sft.lr=2e-3", "sft.lora_alpha=64", "sft.epochs=0.25",
+             "sft.lr=2e-3", "sft.lora_alpha=64", "sft.epochs=0.15",
              "align.contents=64", "align.k=6", "align.iterations=1", "align.probe_contents=16",
              "align.lr=5e-4", "align.beta0=1.0", *_HEADLINE_ALIGN],
     # Two seeds (the headline's seed machinery) and the full protocol's additions on the first, each reduced
