@@ -52,12 +52,15 @@ def load_kv(spark, cfg: CmaqConfig, pool_dir: Path, version: str, weights: dict 
     With arms (``weights``), one value per (arm, content) and the traffic split beside them."""
     pool = read_pool_table(spark, pool_dir, dict(tables(weights is not None))["pool"])
     expected = pool.select(*item_columns(pool)).distinct().count()
-    sample = [v for _, v in zip(range(20), kv_items(pool, version))]
+    sample: list[tuple[str, bytes]] = []  # the first items as they stream by, read back after the load
 
     def items():
         if weights is not None:
             yield ARMS_ITEM, encode_arms(weights, salt)
-        yield from kv_items(pool, version)
+        for item in kv_items(pool, version):
+            if len(sample) < 20:
+                sample.append(item)
+            yield item
 
     sink = open_sink(cfg.pool.kv(), cfg.pool.kv_prefix)
     return load_version(sink, version, items(), expected + (weights is not None), sample, keep=cfg.pool.kv_keep,

@@ -242,6 +242,9 @@ def test_vectorised_prefilter_never_hides_a_match():
     corpus = OBFUSCATED + INNOCENT + [q for _, q, _ in CASES] + list(lx.OFF_TOPIC["en"]) + ["奶", "a 奶 b", "🖕 you"]
     assert f.matcher.find_many(corpus) == [f.matcher.find(t) for t in corpus]
     assert sum(1 for t in corpus if f.matcher.find(t)) >= len(OBFUSCATED)
+    # and it does rule rows out: clean text never reaches the exact matcher
+    may = f.matcher.candidates(INNOCENT + ["best hotpot near the river", None, ""])
+    assert not may[-3:].any() and may.sum() < len(INNOCENT)
 
 
 def test_embedding_relevance_scorer_runs_offline_from_the_packaged_model():

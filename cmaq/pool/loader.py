@@ -12,7 +12,8 @@ def load_version(sink: VersionStore, version: str, items: Iterable[tuple[str, by
                  sample: list[tuple[str, bytes]], keep: int = 2, grace_s: float = 0.0) -> dict:
     """Load a complete version, verify it (count and a sample read back), then move the pointer and
     retire versions beyond the newest ``keep`` (readable for ``grace_s`` more seconds). Raises before
-    touching the pointer if verification fails."""
+    touching the pointer if verification fails. ``sample`` (item id, value) pairs are read back after
+    the write, so ``items`` may fill it as it streams."""
     t0 = time.perf_counter()
     written = sink.write(version, items)
     stored = sink.count(version)
