@@ -1,5 +1,6 @@
 """KV sinks on a real redis-server and on SQLite: versioned loads, verified pointer moves, readers."""
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,54 @@ def test_the_online_reader_needs_only_the_standard_library_and_redis(tmp_path):
         f"print(Reader({url!r}).get('c1').queries[0]['query'])\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "dim sum nearby", out.stderr[-2000:]
+
+
+def test_a_writer_waits_for_the_lease_then_takes_it_or_names_the_holder(tmp_path):
+    import threading
+    import time
+
+    from cmaq.pool.lease import FileLeaseStore, Lease, LeaseHeld
+
+    store = FileLeaseStore(tmp_path)
+    holder = Lease(store, "nightly-1", ttl_s=60)
+    holder.__enter__()
+    threading.Timer(0.6, holder.__exit__, (None, None, None)).start()
+    t0 = time.monotonic()
+    with Lease(FileLeaseStore(tmp_path), "stream-batch-3", ttl_s=60, wait_s=5, poll_s=0.05):
+        waited = time.monotonic() - t0
+        assert FileLeaseStore(tmp_path).acquire("writer", "purge-2", 60) == "stream-batch-3"
+    assert 0.5 <= waited < 5  # took it as soon as the nightly let go
+    with Lease(store, "nightly-1", ttl_s=60):
+        with pytest.raises(LeaseHeld, match=r"nightly-1 \(waited 0.2 s\)"):
+            with Lease(store, "nearline-7", ttl_s=60, wait_s=0.2, poll_s=0.05):
+                pass
+
+
+def test_the_lock_file_lease_without_a_cache(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from cmaq.config import PoolConfig
+    from cmaq.pool.lease import LEASE_FILE, FileLeaseStore, LeaseHeld, writer_lease
+
+    cfg = PoolConfig(root=str(tmp_path), kv_url="none", lease_wait_s=0)
+    with writer_lease(cfg, "nightly-1"):
+        assert (tmp_path / LEASE_FILE).exists()
+        with pytest.raises(LeaseHeld, match="nightly-1"):
+            with writer_lease(cfg, "nearline-7"):
+                pass
+    assert not (tmp_path / LEASE_FILE).exists()  # released on exit
+    store = FileLeaseStore(tmp_path)
+    # a crashed writer's lease expires after its TTL
+    assert store.acquire("writer", "crashed", 0.3) is None
+    assert store.acquire("writer", "purge-2", 30) == "crashed"
+    time.sleep(0.4)
+    assert store.acquire("writer", "purge-2", 30) is None
+    store.release("writer", "purge-2")
+    # a writer killed on this host frees it at once (its process is gone), however long its TTL
+    code = ("import os, sys; sys.path.insert(0, sys.argv[2]); from cmaq.pool.lease import FileLeaseStore; "
+            "FileLeaseStore(sys.argv[1]).acquire('writer', 'killed-nightly', 7200); os._exit(9)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path), str(Path(__file__).resolve().parents[1])])
+    assert "killed-nightly" in (tmp_path / LEASE_FILE).read_text()
+    assert store.acquire("writer", "rerun", 30) is None

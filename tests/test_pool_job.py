@@ -247,10 +247,12 @@ def test_the_job_loads_the_cache_and_pool_get_reads_it(spark, small_world, tmp_p
     figures = command_json(size.output)
     assert figures["items"] == report.counts["pool_items"] and figures["sampled"] == 10
     assert figures["bytes_per_item_mean"] > 100 and "test-secret" not in size.output
-    # a second writer is refused while the lease is held
+    # a second writer waits pool.lease_wait_s for the lease, then is refused naming the holder
     with Lease(open_sink(kv_url, f"t{backend}"), "someone-else", ttl_s=60):
-        blocked = build_pool(spark, load_config(None, opts), str(path))
-    assert blocked.exit_code == 1 and "someone-else" in blocked.error
+        t0 = time.monotonic()
+        blocked = build_pool(spark, load_config(None, [*opts, "pool.lease_wait_s=1.5"]), str(path))
+    assert blocked.exit_code == 1 and "someone-else" in blocked.error and "waited 1.5 s" in blocked.error
+    assert time.monotonic() - t0 >= 1.5
 
 
 def _kv_url(backend: str, tmp_path: Path, request) -> str:

@@ -122,6 +122,10 @@ class PoolConfig:
         "before it moved still finds its item. 0 removes it at once (UNLINK).", default=300.0)
     lease_ttl_s: float = field_help("Seconds a writer's lease lasts; a crashed writer's lease expires after it.",
                                     default=7200.0)
+    lease_wait_s: float = field_help(
+        "Seconds a writer (nightly, refresh, purge, rollback) waits for the lease when another writer holds "
+        "it, polling each second, before it fails naming the holder; 0 fails at once. A refresh or stream "
+        "batch holds it for seconds to minutes, a nightly for its whole run.", default=600.0)
 
     def kv(self) -> str | None:
         """The effective cache URL, or None when disabled."""
@@ -154,4 +158,5 @@ class PoolConfig:
         require(self.keep_versions >= 1, "keep_versions", "must be >= 1")
         require(self.kv_keep >= 1, "kv_keep", "must be >= 1")
         require(self.lease_ttl_s > 0, "lease_ttl_s", "must be > 0")
+        require(self.lease_wait_s >= 0, "lease_wait_s", "must be >= 0")
         require(self.kv_grace_s >= 0, "kv_grace_s", "must be >= 0")
