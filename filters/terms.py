@@ -129,6 +129,8 @@ class TermMatcher:
             forms.add(_SQUEEZE.sub("", form))
             if self.leetspeak:
                 forms.add(_SQUEEZE.sub("", form.translate(_LEET)))
+            if _HAS_CJK.search(form):  # the CJK matcher's own key keeps fewer letters than the squeeze
+                forms.add(_NOT_CJK_WORD.sub("", form))
         forms.discard("")  # symbol-only terms: matched as symbols
         if not forms:
             return None
@@ -147,11 +149,12 @@ class TermMatcher:
             return True
         if self._prefilter is None:
             return False
-        for view in (form, form.translate(_LEET)) if self.leetspeak else (form,):
-            squeezed = _SQUEEZE.sub("", view)
-            if squeezed and next(self._prefilter.iter(squeezed), None) is not None:
-                return True
-        return False
+        views = [_SQUEEZE.sub("", form)]
+        if self.leetspeak:
+            views.append(_SQUEEZE.sub("", form.translate(_LEET)))
+        if self.obfuscation and _HAS_CJK.search(form):  # as _find_cjk reads it: "操é你" holds 操你
+            views.append(_NOT_CJK_WORD.sub("", form))
+        return any(view and next(self._prefilter.iter(view), None) is not None for view in views)
 
     def candidates(self, texts) -> np.ndarray:
         """:meth:`may_hold` over a batch."""

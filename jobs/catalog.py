@@ -77,26 +77,34 @@ def _quote(path: Path) -> str:
 
 
 def view_sql(vdir: Path, table: str) -> str:
-    """The SQL of one table of a version as readers see it: base plus deltas, newest delta winning."""
-    layers = [vdir, *committed_deltas(vdir)]
+    """The SQL of one table of a version as readers see it: base plus deltas, newest delta winning.
+    Linear in the deltas (each is read once, tagged with its id; an item's newest id wins), as
+    :func:`jobs.pool_tables.latest_delta_rows` reads them."""
+    deltas = committed_deltas(vdir)
     schema = dict(tables(bool(version_arms(vdir))))[table]
     columns = ", ".join(f"t.`{c}`" for c in schema.names)
+    base = f"SELECT {columns} FROM {_quote(vdir / table)} t" if _has_files(vdir / table) else None
+    if not deltas:
+        return base or _empty_select(schema)
 
-    def named(layer: Path) -> str:  # the content ids a layer names, in any of its tables
-        return " UNION ".join(f"SELECT content_id FROM {_quote(layer / t)}" for t, _ in tables(False)
-                              if _has_files(layer / t)) or "SELECT CAST(NULL AS STRING) AS content_id WHERE false"
+    def tagged(select: str, t: str) -> str:  # a select over each delta's table t, with the delta's id
+        return " UNION ALL ".join(f"SELECT {select}, '{d.name}' AS _delta FROM {_quote(d / t)} t"
+                                  for d in deltas if _has_files(d / t))
 
+    named = " UNION ALL ".join(filter(None, (tagged("t.content_id", t) for t, _ in tables(False))))
+    if not named:  # deltas without a row in any table name no item
+        return base or _empty_select(schema)
+    rows = tagged(columns, table)
+    newest = f"newest AS (SELECT content_id, max(_delta) AS _newest FROM ({named}) GROUP BY content_id)"
     parts = []
-    for i, layer in enumerate(layers):
-        if not _has_files(layer / table):
-            continue  # a layer without rows of this table
-        select = f"SELECT {columns} FROM {_quote(layer / table)} t"
-        later = layers[i + 1:]
-        if later:
-            newer = " UNION ".join(f"({named(d)})" for d in later)
-            select += f" LEFT ANTI JOIN ({newer}) n ON t.content_id = n.content_id"
-        parts.append(select)
-    return "\nUNION ALL\n".join(parts) or _empty_select(schema)
+    if base:
+        parts.append(f"{base} LEFT ANTI JOIN newest n ON t.content_id = n.content_id")
+    if rows:
+        parts.append(f"SELECT {columns} FROM ({rows}) t JOIN newest n ON t.content_id = n.content_id "
+                     f"AND t._delta = n._newest")
+    if not parts:
+        return _empty_select(schema)
+    return f"WITH {newest}\n" + "\nUNION ALL\n".join(parts)
 
 
 def register_current(spark, pool: PoolConfig) -> dict:

@@ -19,6 +19,7 @@ from cmaq.pool import atomic_write
 from cmaq.pool.loader import load_version
 from cmaq.pool.sinks import ARMS_ITEM, encode_arms, item_id, open_sink
 from cmaq.pool.versions import DELTA_MANIFEST, tables
+from jobs import compact
 from jobs.catalog import register_current
 from jobs.entry import EXIT_OK
 from jobs.pool_tables import (is_armed, item_columns, kv_items, named_keys, read_pool_table, read_version_tables,
@@ -109,6 +110,8 @@ def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str
                 "published_at": datetime.now(timezone.utc).isoformat()}
     atomic_write(tmp / DELTA_MANIFEST, json.dumps(manifest, indent=2, default=str))
     tmp.rename(vdir / "deltas" / op_id)
+    if compact.due(vdir, cfg.pool):
+        counts["compaction"] = compact.compact_deltas(spark, vdir)
     counts["catalog"] = switch_views(spark, cfg)
     return counts
 

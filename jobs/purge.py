@@ -42,11 +42,12 @@ def purge(cfg: CmaqConfig, spark, content_ids: list[str] = (), terms: list[str] 
         affected = marked.filter("_purge").select("content_id").distinct().cache()
         removed = marked.filter("_purge").drop("_purge")
         n_removed = removed.count()
+        # counted before publishing: publishing may compact the deltas these frames were read from
+        record.update(queries_removed=n_removed, items_affected=affected.count())
         if n_removed:
             kept = marked.filter(~F.col("_purge")).drop("_purge")
             record["delta"] = publish_delta(spark, cfg, version, purge_delta(frames, affected, kept, removed),
                                             op_id, record)
-        record.update(queries_removed=n_removed, items_affected=affected.count())
     write_record(root, op_id, record)
     return record
 

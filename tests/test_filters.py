@@ -7,6 +7,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from filters.terms import TermMatcher
+
 from cmaq.config import FiltersConfig, HarmConfig, LexicalConfig, load_config
 from filters import REASONS, FilterChain, merge_counts
 from filters.harm import HarmFilter
@@ -242,6 +244,10 @@ def test_vectorised_prefilter_never_hides_a_match():
     corpus = OBFUSCATED + INNOCENT + [q for _, q, _ in CASES] + list(lx.OFF_TOPIC["en"]) + ["奶", "a 奶 b", "🖕 you"]
     assert f.matcher.find_many(corpus) == [f.matcher.find(t) for t in corpus]
     assert sum(1 for t in corpus if f.matcher.find(t)) >= len(OBFUSCATED)
+    # CJK terms as the CJK matcher keys them: other letters between or around the characters
+    cjk = TermMatcher(["操你", "死ね"], obfuscation=True)
+    tricky = ["操é你", "操ア你", "死", "你死了"]
+    assert cjk.find_many(tricky) == [cjk.find(t) for t in tricky] == ["操你", "操你", "死ね", None]
     # and it does rule rows out: clean text never reaches the exact matcher
     may = f.matcher.candidates(INNOCENT + ["best hotpot near the river", None, ""])
     assert not may[-3:].any() and may.sum() < len(INNOCENT)

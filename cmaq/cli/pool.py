@@ -14,6 +14,7 @@ POOL_COMMANDS = {
     "purge": LazyCommand(JOBS, "purge", "Takedown without regeneration, in Parquet and the cache together."),
     "get": LazyCommand(CACHE, "get", "The served queries of one content from the cache (exit 4 on a miss)."),
     "kv-size": LazyCommand(CACHE, "kv_size", "Cache memory per item and for two versions."),
+    "compact": LazyCommand(JOBS, "compact", "Fold the current version's nearline deltas into one."),
     "rollback": LazyCommand(JOBS, "rollback", "Serve an earlier version again (both pointers together)."),
 }
 

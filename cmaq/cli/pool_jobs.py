@@ -1,4 +1,4 @@
-"""`cmaq pool build / refresh / purge / rollback`: the Spark jobs that write the pool and move its
+"""`cmaq pool build / refresh / purge / compact / rollback`: the Spark jobs that write the pool and move its
 pointers. Each session opens the pool's catalog (``pool.catalog``) so the analysts' views follow."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from cmaq.config import CmaqConfig
 from cmaq.pool.lease import LeaseHeld
 from cmaq.pool.rollback import rollback as rollback_pool
 from jobs.catalog import catalog_session, register_current
+from jobs.compact import compact_current
 from jobs.nearline import refresh as refresh_pool
 from jobs.nightly import build_pool
 from jobs.purge import purge as purge_pool
@@ -78,4 +79,16 @@ def rollback(cfg: CmaqConfig, to: str | None) -> None:
     try:
         echo_json(rollback_pool(cfg, to, switch))
     except (FileNotFoundError, ValueError, LeaseHeld) as exc:
+        raise BadInput(str(exc)) from None
+
+
+@click.command("compact")
+@config_option("pool.root", "--root")
+@pass_config
+def compact(cfg: CmaqConfig) -> None:
+    """Fold the current version's nearline deltas into one (refresh and purge do it themselves every
+    pool.compact_every deltas or pool.compact_every_min minutes), so reading the version stays fast."""
+    try:
+        echo_json(compact_current(cfg, catalog_session("cmaq-pool-compact", cfg.pool)))
+    except (FileNotFoundError, LeaseHeld) as exc:
         raise BadInput(str(exc)) from None

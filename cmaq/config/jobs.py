@@ -122,6 +122,11 @@ class PoolConfig:
         "before it moved still finds its item. 0 removes it at once (UNLINK).", default=300.0)
     lease_ttl_s: float = field_help("Seconds a writer's lease lasts; a crashed writer's lease expires after it.",
                                     default=7200.0)
+    compact_every: int = field_help(
+        "Fold a version's nearline deltas into one once it has this many (reading a version joins each "
+        "delta's items; compaction keeps that to a few). 0: never by count.", default=50)
+    compact_every_min: float = field_help(
+        "Also fold them once the oldest is this many minutes old. 0: never by age.", default=60.0)
     lease_wait_s: float = field_help(
         "Seconds a writer (nightly, refresh, purge, rollback) waits for the lease when another writer holds "
         "it, polling each second, before it fails naming the holder; 0 fails at once. A refresh or stream "
@@ -159,4 +164,6 @@ class PoolConfig:
         require(self.kv_keep >= 1, "kv_keep", "must be >= 1")
         require(self.lease_ttl_s > 0, "lease_ttl_s", "must be > 0")
         require(self.lease_wait_s >= 0, "lease_wait_s", "must be >= 0")
+        require(self.compact_every >= 0, "compact_every", "must be >= 0 (0: never by count)")
+        require(self.compact_every_min >= 0, "compact_every_min", "must be >= 0 (0: never by age)")
         require(self.kv_grace_s >= 0, "kv_grace_s", "must be >= 0")

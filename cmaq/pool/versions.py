@@ -39,9 +39,13 @@ def read_manifest(root: str | Path, version: str) -> dict:
 
 
 def committed_deltas(vdir: Path) -> list[Path]:
-    """The version's published deltas, oldest first (delta ids sort by time)."""
+    """The version's published deltas, oldest first (delta ids sort by time). A compacted delta
+    (:mod:`jobs.compact`) takes the place of the deltas its manifest lists under ``compacts``: those
+    are left out from the moment its manifest exists, before they are removed."""
     ddir = vdir / "deltas"
     if not ddir.exists():
         return []
-    return sorted(p for p in ddir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                  and (p / DELTA_MANIFEST).exists())
+    deltas = sorted(p for p in ddir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                    and (p / DELTA_MANIFEST).exists())
+    covered = {name for p in deltas for name in json.loads((p / DELTA_MANIFEST).read_text()).get("compacts", ())}
+    return [p for p in deltas if p.name not in covered]

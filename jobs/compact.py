@@ -1,0 +1,101 @@
+"""Delta compaction: a version's deltas folded into one, atomically, so reading the version (the SQL
+views, purge, nearline, the next nightly's carry-forward) does not slow down as a day's refreshes
+accumulate.
+
+    deltas/d1 … dn  ─► the rows of each item from the newest delta naming it (one read per table)
+        ─► deltas/.<dn>-c<n>.tmp ─► renamed to deltas/<dn>-c<n>, its manifest (listing d1 … dn
+           under ``compacts``) written last ─► d1 … dn removed
+
+The manifest is the commit point: from the moment it exists, :func:`cmaq.pool.versions.committed_deltas`
+reads the compacted delta in place of d1 … dn, so a crash before it leaves the old deltas in force and
+a crash after it only leaves directories to remove (the next compaction removes them). The id
+``<dn>-c<n>`` sorts right after dn and before any later delta, so the newest-delta-wins rule
+reads the same rows. The cache is not touched: it already holds each item's newest value. The caller
+holds the pool's writer lease (nearline and purge compact at the end of their publish; ``cmaq pool
+compact`` takes it itself).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cmaq.config import CmaqConfig, PoolConfig
+from cmaq.pool import atomic_write, new_op_id, write_record
+from cmaq.pool.lease import writer_lease
+from cmaq.pool.versions import DELTA_MANIFEST, committed_deltas, current_version, version_arms
+from jobs.catalog import register_current
+from jobs.pool_tables import latest_delta_rows, write_tables
+
+log = logging.getLogger(__name__)
+COMPACTED = "-c"  # <newest id>-c<count>
+
+
+def due(vdir: Path, pool: PoolConfig, now: float | None = None) -> bool:
+    """Whether the version's deltas should be compacted now: ``pool.compact_every`` of them, or the
+    oldest written ``pool.compact_every_min`` minutes ago or more (0 turns a rule off)."""
+    deltas = committed_deltas(vdir)
+    if len(deltas) < 2:
+        return False
+    if pool.compact_every and len(deltas) >= pool.compact_every:
+        return True
+    oldest = min(d.stat().st_mtime for d in deltas)
+    return bool(pool.compact_every_min) and (now or time.time()) - oldest >= 60 * pool.compact_every_min
+
+
+def compact_deltas(spark, vdir: Path) -> dict:
+    """Fold every committed delta of the version at ``vdir`` into one; what was done, for the record."""
+    deltas = committed_deltas(vdir)
+    if len(deltas) < 2:
+        return {"compacted": 0}
+    t0 = time.perf_counter()
+    remove_covered(vdir)  # what a crash after an earlier compaction's commit left behind
+    # right after the newest delta in id order, before any later one: the newest-delta-wins rule holds
+    name = f"{deltas[-1].name}{COMPACTED}{len(deltas)}"
+    covered = [d.name for d in deltas]
+    tmp = vdir / "deltas" / f".{name}.tmp"
+    write_tables(latest_delta_rows(spark, deltas, bool(version_arms(vdir))), tmp)
+    target = vdir / "deltas" / name
+    shutil.rmtree(target, ignore_errors=True)  # renamed in by a run that died before its manifest
+    tmp.rename(target)
+    atomic_write(target / DELTA_MANIFEST, json.dumps({
+        "op": "compact", "op_id": name, "compacts": covered,
+        "published_at": datetime.now(timezone.utc).isoformat()}, indent=2))
+    for d in deltas:
+        shutil.rmtree(d, ignore_errors=True)
+    seconds = round(time.perf_counter() - t0, 2)
+    log.info("compacted %d deltas of %s into %s in %.1f s", len(covered), vdir.name, name, seconds)
+    return {"compacted": len(covered), "into": name, "seconds": seconds}
+
+
+def remove_covered(vdir: Path) -> list[str]:
+    """Delta directories a committed compaction covers but a crash left behind."""
+    ddir = vdir / "deltas"
+    if not ddir.exists():
+        return []
+    live = {d.name for d in committed_deltas(vdir)}
+    covered = {name for d in ddir.iterdir() if d.name in live
+               for name in json.loads((d / DELTA_MANIFEST).read_text()).get("compacts", ())}
+    removed = sorted(n for n in covered if (ddir / n).exists())
+    for n in removed:
+        shutil.rmtree(ddir / n, ignore_errors=True)
+    return removed
+
+
+def compact_current(cfg: CmaqConfig, spark) -> dict:
+    """``cmaq pool compact``: the current version's deltas folded into one under the writer lease, the
+    catalog's views re-created over the result; recorded under ``runs/``."""
+    root = Path(cfg.pool.root)
+    version = current_version(root)
+    if version is None:
+        raise FileNotFoundError(f"{root}: nothing published yet")
+    op_id = new_op_id("compact")
+    with writer_lease(cfg.pool, f"compact {op_id}"):
+        record = {"op": "compact", "op_id": op_id, "version": version,
+                  **compact_deltas(spark, root / "versions" / version)}
+        record["catalog"] = register_current(spark, cfg.pool) if record["compacted"] else {"registered": False}
+    write_record(root, op_id, record)
+    return record
