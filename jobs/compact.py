@@ -57,7 +57,15 @@ def compact_deltas(spark, vdir: Path) -> dict:
     name = f"{deltas[-1].name}{COMPACTED}{len(deltas)}"
     covered = [d.name for d in deltas]
     tmp = vdir / "deltas" / f".{name}.tmp"
-    write_tables(latest_delta_rows(spark, deltas, bool(version_arms(vdir))), tmp)
+    sc = spark.sparkContext
+    group = f"cmaq-compact-{name}"
+    sc.setJobGroup(group, f"compact {len(deltas)} deltas of {vdir.name}")
+    try:
+        write_tables(latest_delta_rows(spark, deltas, bool(version_arms(vdir))), tmp)
+        _settle(sc, group)
+    finally:
+        for key in ("spark.jobGroup.id", "spark.job.description"):
+            sc.setLocalProperty(key, None)
     target = vdir / "deltas" / name
     shutil.rmtree(target, ignore_errors=True)  # renamed in by a run that died before its manifest
     tmp.rename(target)
@@ -69,6 +77,21 @@ def compact_deltas(spark, vdir: Path) -> dict:
     seconds = round(time.perf_counter() - t0, 2)
     log.info("compacted %d deltas of %s into %s in %.1f s", len(covered), vdir.name, name, seconds)
     return {"compacted": len(covered), "into": name, "seconds": seconds}
+
+
+def _settle(sc, group: str, timeout_s: float = 60.0) -> None:
+    """Wait until no job of ``group`` runs. A write can return while a stage that adaptive query
+    execution no longer needs (the other side of a join it found empty) still reads the deltas; removing
+    them under it fails that orphaned job with FILE_NOT_EXIST errors in the log."""
+    tracker = sc.statusTracker()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        infos = (tracker.getJobInfo(j) for j in tracker.getJobIdsForGroup(group))
+        if not any(info is not None and info.status == "RUNNING" for info in infos):
+            return
+        time.sleep(0.2)
+    log.warning("compaction %s: a job still runs after %.0f s; removing the compacted deltas anyway", group,
+                timeout_s)
 
 
 def remove_covered(vdir: Path) -> list[str]:
