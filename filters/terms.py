@@ -162,7 +162,7 @@ class TermMatcher:
         return np.fromiter((self.may_hold(t) for t in texts), bool, len(texts))
 
     def find_many(self, texts) -> list[str | None]:
-        """:meth:`find` over a batch, skipping the rows the vectorised prefilter rules out."""
+        """:meth:`find` over a batch, skipping the rows the prefilter (:meth:`may_hold`) rules out."""
         texts = list(texts) if not isinstance(texts, (pa.Array, pa.ChunkedArray)) else texts.to_pylist()
         out: list[str | None] = [None] * len(texts)
         if texts:

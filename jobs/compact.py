@@ -26,7 +26,7 @@ from pathlib import Path
 from cmaq.config import CmaqConfig, PoolConfig
 from cmaq.pool import atomic_write, new_op_id, write_record
 from cmaq.pool.lease import writer_lease
-from cmaq.pool.versions import DELTA_MANIFEST, committed_deltas, current_version, version_arms
+from cmaq.pool.versions import DELTA_MANIFEST, committed_deltas, covered_deltas, current_version, version_arms
 from jobs.catalog import register_current
 from jobs.pool_tables import latest_delta_rows, write_tables
 
@@ -95,17 +95,12 @@ def _settle(sc, group: str, timeout_s: float = 60.0) -> None:
 
 
 def remove_covered(vdir: Path) -> list[str]:
-    """Delta directories a committed compaction covers but a crash left behind."""
-    ddir = vdir / "deltas"
-    if not ddir.exists():
-        return []
-    live = {d.name for d in committed_deltas(vdir)}
-    covered = {name for d in ddir.iterdir() if d.name in live
-               for name in json.loads((d / DELTA_MANIFEST).read_text()).get("compacts", ())}
-    removed = sorted(n for n in covered if (ddir / n).exists())
-    for n in removed:
-        shutil.rmtree(ddir / n, ignore_errors=True)
-    return removed
+    """Delta directories a committed compaction covers but a crash left behind (of any earlier
+    compaction whose manifest is still on disk)."""
+    removed = covered_deltas(vdir)
+    for d in removed:
+        shutil.rmtree(d, ignore_errors=True)
+    return [d.name for d in removed]
 
 
 def compact_current(cfg: CmaqConfig, spark) -> dict:

@@ -103,12 +103,14 @@ class _Flock:
 
 
 def _read_holder(path: Path) -> dict | None:
+    """The lease file's holder; an unreadable file reads as an expired lease rather than blocking every
+    writer forever."""
     try:
         held = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError):  # unreadable: treat as expired rather than block every writer forever
-        return {"owner": "unreadable lease file", "expires": 0.0}
+    except (OSError, ValueError):
+        held = None
     return held if isinstance(held, dict) and "owner" in held else {"owner": "unreadable lease file", "expires": 0.0}
 
 

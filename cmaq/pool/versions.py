@@ -42,10 +42,24 @@ def committed_deltas(vdir: Path) -> list[Path]:
     """The version's published deltas, oldest first (delta ids sort by time). A compacted delta
     (:mod:`jobs.compact`) takes the place of the deltas its manifest lists under ``compacts``: those
     are left out from the moment its manifest exists, before they are removed."""
+    published = _published_deltas(vdir)
+    covered = _covered(published)
+    return [p for p in published if p.name not in covered]
+
+
+def covered_deltas(vdir: Path) -> list[Path]:
+    """Delta directories still on disk that a compaction's manifest lists: replaced, to be removed."""
+    ddir = vdir / "deltas"
+    return sorted(ddir / name for name in _covered(_published_deltas(vdir)) if (ddir / name).exists())
+
+
+def _published_deltas(vdir: Path) -> list[Path]:
     ddir = vdir / "deltas"
     if not ddir.exists():
         return []
-    deltas = sorted(p for p in ddir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                    and (p / DELTA_MANIFEST).exists())
-    covered = {name for p in deltas for name in json.loads((p / DELTA_MANIFEST).read_text()).get("compacts", ())}
-    return [p for p in deltas if p.name not in covered]
+    return sorted(p for p in ddir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and (p / DELTA_MANIFEST).exists())
+
+
+def _covered(published: list[Path]) -> set[str]:
+    return {name for p in published for name in json.loads((p / DELTA_MANIFEST).read_text()).get("compacts", ())}
