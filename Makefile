@@ -58,6 +58,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/pool.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/pool_scale.py
+	$(BIN)/python bench/deltas.py
+	$(BIN)/python bench/stream_latency.py
 
 REPRODUCE_DIR ?= runs/reproduce
 REPORT_DIR ?= reports

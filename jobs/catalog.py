@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cmaq.config import PoolConfig
 from cmaq.pool.versions import committed_deltas, current_version, tables, version_arms
+from jobs.pool_tables import DELTA_ID_PATTERN, flat_deltas
 from jobs.spark import get_spark
 
 log = logging.getLogger(__name__)
@@ -78,18 +79,26 @@ def _quote(path: Path) -> str:
 
 def view_sql(vdir: Path, table: str) -> str:
     """The SQL of one table of a version as readers see it: base plus deltas, newest delta winning.
-    Linear in the deltas (each is read once, tagged with its id; an item's newest id wins), as
-    :func:`jobs.pool_tables.latest_delta_rows` reads them."""
+    The deltas are read as :func:`jobs.pool_tables.latest_delta_rows` reads them: each table of the
+    unpartitioned ones in one scan (a path glob naming them, ``_delta`` from the file path), older
+    partitioned ones one by one; an item's newest id wins."""
     deltas = committed_deltas(vdir)
     schema = dict(tables(bool(version_arms(vdir))))[table]
     columns = ", ".join(f"t.`{c}`" for c in schema.names)
     base = f"SELECT {columns} FROM {_quote(vdir / table)} t" if _has_files(vdir / table) else None
     if not deltas:
         return base or _empty_select(schema)
+    flat, partitioned = flat_deltas(deltas)
 
-    def tagged(select: str, t: str) -> str:  # a select over each delta's table t, with the delta's id
-        return " UNION ALL ".join(f"SELECT {select}, '{d.name}' AS _delta FROM {_quote(d / t)} t"
-                                  for d in deltas if _has_files(d / t))
+    def tagged(select: str, t: str) -> str:  # a select over the deltas' table t, with each row's delta id
+        parts = [f"SELECT {select}, '{d.name}' AS _delta FROM {_quote(d / t)} t"
+                 for d in partitioned if _has_files(d / t)]
+        scanned = [d.name for d in flat if _has_files(d / t)]
+        if scanned:
+            glob = vdir.resolve() / "deltas" / ("{" + ",".join(scanned) + "}") / t
+            parts.append(f"SELECT {select}, regexp_extract(input_file_name(), '{DELTA_ID_PATTERN}', 1) AS _delta "
+                         f"FROM {_quote(glob)} t")
+        return " UNION ALL ".join(parts)
 
     named = " UNION ALL ".join(filter(None, (tagged("t.content_id", t) for t, _ in tables(False))))
     if not named:  # deltas without a row in any table name no item

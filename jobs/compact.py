@@ -55,13 +55,15 @@ def compact_deltas(spark, vdir: Path) -> dict:
     remove_covered(vdir)  # what a crash after an earlier compaction's commit left behind
     # right after the newest delta in id order, before any later one: the newest-delta-wins rule holds
     name = f"{deltas[-1].name}{COMPACTED}{len(deltas)}"
-    covered = [d.name for d in deltas]
+    # what earlier compactions replaced too: a stream's replayed batch looks its delta id up here
+    covered = [d.name for d in deltas] + sorted({n for d in deltas
+                                                 for n in json.loads((d / DELTA_MANIFEST).read_text()).get("compacts", ())})
     tmp = vdir / "deltas" / f".{name}.tmp"
     sc = spark.sparkContext
     group = f"cmaq-compact-{name}"
     sc.setJobGroup(group, f"compact {len(deltas)} deltas of {vdir.name}")
     try:
-        write_tables(latest_delta_rows(spark, deltas, bool(version_arms(vdir))), tmp)
+        write_tables(latest_delta_rows(spark, deltas, bool(version_arms(vdir))), tmp, partitioned=False)
         _settle(sc, group)
     finally:
         for key in ("spark.jobGroup.id", "spark.job.description"):
@@ -75,8 +77,8 @@ def compact_deltas(spark, vdir: Path) -> dict:
     for d in deltas:
         shutil.rmtree(d, ignore_errors=True)
     seconds = round(time.perf_counter() - t0, 2)
-    log.info("compacted %d deltas of %s into %s in %.1f s", len(covered), vdir.name, name, seconds)
-    return {"compacted": len(covered), "into": name, "seconds": seconds}
+    log.info("compacted %d deltas of %s into %s in %.1f s", len(deltas), vdir.name, name, seconds)
+    return {"compacted": len(deltas), "into": name, "seconds": seconds}
 
 
 def _settle(sc, group: str, timeout_s: float = 60.0) -> None:

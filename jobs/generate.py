@@ -55,6 +55,8 @@ from jobs.plan import CONTENT_FIELDS, Arms, Serving, plan_id
 log = logging.getLogger(__name__)
 # "generate_first_attempt": the first attempt of every generation task fails (Spark's task retry);
 # "engine_dies_once": the first engine call of the plan finds its engine dead (rebuild inside the task).
+# "stream_killed_after_publish": the stream's driver is SIGKILLed right after a batch's delta is
+# published, before the checkpoint records the batch (jobs.stream: the replay publishes nothing twice).
 FAULT_ENV = "CMAQ_FAULT_INJECTION"
 PART = "_part"
 COMMITTED = "_COMMITTED"

@@ -103,34 +103,54 @@ def _refresh(spark, cfg: CmaqConfig, checked: CheckedContent, arms: Arms, root: 
         raise FileNotFoundError(f"{root}: nothing published yet; run the nightly (cmaq pool build) first")
     report.version = version
     manifest = read_manifest(root, version)
-    versions = arms.versions
-    if versions != manifest["versions"]:
-        raise ValueError(f"the current version {version} was made with {manifest['versions']}, this config "
-                         f"gives {versions}; a nearline delta must match it — run the nightly to change "
-                         f"arms, model, adapter or serving config")
+    check_arms(arms, version, manifest)
     since = load_watermark(root, version, manifest)
     report.watermark["before_ms"] = since
+    updated = checked.rows.filter(F.expr("unix_millis(updated_at)") > F.lit(since)).cache()
+    # Rejected rows stay out of a delta (it replaces every row of the ids it names); they are counted.
+    report.counts["rejected"] = {r[0]: int(r[1]) for r in checked.rejected.groupBy("reason").count().collect()}
+    frames = version_frames(spark, root / "versions" / version)
+    newest = apply_rows(spark, cfg, arms, version, frames, updated, report, timer, "nearline")
+    if newest is not None:
+        save_watermark(root, version, max(newest, since), report.op_id)
+    report.watermark["after_ms"] = max(newest or since, since)
+    updated.unpersist()
+    checked.unpersist()
 
+
+def check_arms(arms: Arms, version: str, manifest: dict) -> None:
+    """A delta must be made the way its version was: same arms, models, adapters and serving config."""
+    if arms.versions != manifest["versions"]:
+        raise ValueError(f"the current version {version} was made with {manifest['versions']}, this config "
+                         f"gives {arms.versions}; a nearline delta must match it — run the nightly to change "
+                         f"arms, model, adapter or serving config")
+
+
+def apply_rows(spark, cfg: CmaqConfig, arms: Arms, version: str, frames: dict, rows: DataFrame, report,
+               timer, op: str, views: bool = True) -> int | None:
+    """Refresh ``version`` with ``rows`` (contract-checked content rows, one per content_id, with
+    ``content_hash``; takedowns included): classify them against ``frames`` (the version's tables, or
+    just those rows' items), generate the new and changed ones with the nightly's code, take the
+    takedowns down, and publish it all as one delta named ``report.op_id``. Adds to ``report.counts``, fills
+    ``report.delta``, ``report.status`` and ``report.exit_code``; returns the newest ``updated_at``
+    (epoch ms) of ``rows``, or None when there were none. Runs under the caller's writer lease;
+    ``views``: switch the catalog's views with the delta (:func:`jobs.publish.publish_delta`)."""
+    root = Path(cfg.pool.root)
     with timer("select"):
-        rows = checked.rows
-        updated = rows.filter(F.expr("unix_millis(updated_at)") > F.lit(since)).cache()
-        frames = version_frames(spark, root / "versions" / version)
-        classified = classify(live(updated), named_keys(generated_frames(frames), KEY)).cache()
+        classified = classify(live(rows), named_keys(generated_frames(frames), KEY)).cache()
         by_change = {r[0]: int(r[1]) for r in classified.groupBy("change").count().collect()}
-        removals = takedowns(updated).select("content_id").cache()
+        removals = takedowns(rows).select("content_id").cache()
         n_takedowns = removals.count()
-        # Rejected rows stay out of a delta (it replaces every row of the ids it names); they are counted.
-        rejected = {r[0]: int(r[1]) for r in checked.rejected.groupBy("reason").count().collect()}
-    report.counts = {"candidates": sum(by_change.values()) + n_takedowns,
-                     **{k: by_change.get(k, 0) for k in ("new", "changed", "unchanged")},
-                     "takedowns": n_takedowns, "rejected": rejected}
+    report.counts.update({"candidates": sum(by_change.values()) + n_takedowns,
+                          **{k: by_change.get(k, 0) for k in ("new", "changed", "unchanged")},
+                          "takedowns": n_takedowns})
     todo = keyed_content(classified.filter(F.col("change") != "unchanged"), arms).cache()
     n_todo = report.counts["new"] + report.counts["changed"]  # contents; every arm generates each
-    newest = max_updated_at_ms(updated) if report.counts["candidates"] else None
+    newest = max_updated_at_ms(rows) if report.counts["candidates"] else None
 
     delta, staging = None, None
     if n_todo:
-        staging_root = root / "staging" / "nearline"
+        staging_root = root / "staging" / op
         with timer("generate"):
             delta, stats = generate_arms(todo, n_todo * len(arms.arms), arms, cfg.filters, cfg.pool, staging_root,
                                          report.op_id)
@@ -145,17 +165,14 @@ def _refresh(spark, cfg: CmaqConfig, checked: CheckedContent, arms: Arms, root: 
         delta = purged if delta is None else {n: delta[n].unionByName(purged[n]) for n in delta}
     if delta is not None:
         with timer("publish"):
-            record = {"op": "nearline", "op_id": report.op_id, "counts": report.counts}
-            report.delta = publish_delta(spark, cfg, version, delta, report.op_id, record)
+            record = {"op": op, "op_id": report.op_id, "counts": report.counts}
+            report.delta = publish_delta(spark, cfg, version, delta, report.op_id, record, views)
     for plan_dir in staging or []:
         shutil.rmtree(plan_dir, ignore_errors=True)
-    if newest is not None:
-        save_watermark(root, version, max(newest, since), report.op_id)
-    report.watermark["after_ms"] = max(newest or since, since)
     report.status, report.exit_code = ("refreshed" if delta is not None else "nothing_to_do"), EXIT_OK
-    for df in (todo, classified, updated, removals):
+    for df in (todo, classified, removals):
         df.unpersist()
-    checked.unpersist()
+    return newest
 
 
 def make_parser():

@@ -177,7 +177,13 @@ class CheckedContent:
 
 def read_content(spark: SparkSession, source: str) -> CheckedContent:
     """Raises ``BadInput`` on a table the contract refuses, before any data is read."""
-    return CheckedContent(with_content_hash(check_rows(conform(read_content_table(spark, source)))).cache())
+    return check_content(read_content_table(spark, source))
+
+
+def check_content(content: DataFrame) -> CheckedContent:
+    """Any content DataFrame (a table, a stream's micro-batch) under the contract; raises ``BadInput``
+    on a schema it refuses, before any data is read."""
+    return CheckedContent(with_content_hash(check_rows(conform(content))).cache())
 
 
 def max_updated_at_ms(content: DataFrame) -> int | None:

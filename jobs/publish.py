@@ -14,6 +14,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pyspark.sql import functions as F
+
 from cmaq.config import CmaqConfig
 from cmaq.pool import atomic_write
 from cmaq.pool.loader import load_version
@@ -77,24 +79,31 @@ def prune_versions(root: Path, keep: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str, record: dict) -> dict:
+def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str, record: dict,
+                  views: bool = True) -> dict:
     """Add ``frames`` (pool / dropped / quarantine rows of some items) to the current version as a
     delta that replaces those items, in the cache first and then in Parquet.
 
     Cache: each affected item's key is replaced by one SET (a reader sees its old or its new queries,
     never a mix); an item left without served queries is deleted. Parquet: the delta is written aside
     and renamed into ``deltas/`` with its manifest in one step. A crash between the two leaves the
-    cache ahead; rerunning the same operation brings Parquet level."""
+    cache ahead; rerunning the same operation brings Parquet level. ``views``: re-create the catalog's
+    views now (the stream does it on its own clock instead: a second or two per batch otherwise)."""
     vdir = Path(cfg.pool.root) / "versions" / version
     tmp = vdir / "deltas" / f".{op_id}.tmp"
-    write_tables(frames, tmp)
+    write_tables(frames, tmp, partitioned=False)
     written = read_version_tables(spark, tmp, is_armed(frames))
     key = item_columns(written["pool"])
     named = named_keys(written, key)
-    served = written["pool"].select(*key).distinct()
+    served = written["pool"].select(*key).distinct().withColumn("_served", F.lit(True))
+    # Every item the delta names, with whether it is served, cached: a count and the unserved ids read
+    # it (a stream pays every Spark job on its latency).
+    items = named.join(served, list(key), "left").cache()
     unserved = sorted(item_id(r["content_id"], r["arm"] if "arm" in key else None)
-                      for r in named.join(served, list(key), "left_anti").collect())
-    counts = {"items": named.count(), "pool_rows": written["pool"].count(), "items_served": served.count(),
+                      for r in items.filter(F.col("_served").isNull()).collect())
+    n_items = items.count()
+    items.unpersist()
+    counts = {"items": n_items, "pool_rows": written["pool"].count(), "items_served": n_items - len(unserved),
               "items_unserved": len(unserved)}
     kv_url = cfg.pool.kv()
     if kv_url:
@@ -112,7 +121,8 @@ def publish_delta(spark, cfg: CmaqConfig, version: str, frames: dict, op_id: str
     tmp.rename(vdir / "deltas" / op_id)
     if compact.due(vdir, cfg.pool):
         counts["compaction"] = compact.compact_deltas(spark, vdir)
-    counts["catalog"] = switch_views(spark, cfg)
+    if views:  # the stream switches them itself, at once after a compaction (its SQL names the folded deltas)
+        counts["catalog"] = switch_views(spark, cfg)
     return counts
 
 

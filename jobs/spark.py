@@ -36,6 +36,12 @@ def get_spark(app_name: str = "cmaq", master: str | None = None, shuffle_partiti
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    # A path glob (the catalog views read a version's deltas in one globbed scan) makes Spark look for
+    # a streaming sink's metadata under the literal glob and log a stack trace at WARN when it is
+    # not there, as it never is.
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+        "org.apache.spark.sql.execution.streaming.sinks.FileStreamSink", jvm.org.apache.logging.log4j.Level.ERROR)
     return spark
 
 

@@ -15,6 +15,8 @@ POOL_COMMANDS = {
     "get": LazyCommand(CACHE, "get", "The served queries of one content from the cache (exit 4 on a miss)."),
     "kv-size": LazyCommand(CACHE, "kv_size", "Cache memory per item and for two versions."),
     "compact": LazyCommand(JOBS, "compact", "Fold the current version's nearline deltas into one."),
+    "stream": LazyCommand(JOBS, "stream", "Nearline as a stream: dropped notes into the current version."),
+    "status": LazyCommand(CACHE, "status", "What the stream last reported: batches, latency, progress."),
     "rollback": LazyCommand(JOBS, "rollback", "Serve an earlier version again (both pointers together)."),
 }
 

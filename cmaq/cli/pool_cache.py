@@ -1,6 +1,8 @@
-"""`cmaq pool get / kv-size`: what an operator reads from the cache. Needs only the ground layer (and
-``redis`` for a Redis cache): no Spark, no engine."""
+"""`cmaq pool get / kv-size / status`: what an operator reads from the cache and the stream. Needs
+only the ground layer (and ``redis`` for a Redis cache): no Spark, no engine."""
 from __future__ import annotations
+
+import json
 
 import click
 
@@ -61,3 +63,18 @@ def kv_size(cfg: CmaqConfig, sample: int) -> None:
     except Exception as exc:  # noqa: BLE001 - connection problems are the user's to fix
         raise click.ClickException(f"cannot read {redact_url(url)}: {exc}") from None
     echo_json(figures)
+
+
+@click.command("status")
+@config_option("pool.root", "--root")
+@pass_config
+@click.pass_context
+def status(ctx: click.Context, cfg: CmaqConfig) -> None:
+    """Print what the stream (`cmaq pool stream`) last reported: totals, the last micro-batch (rows in,
+    generated, published, latency from arrival to readable keys), the streaming query's progress and
+    whether a batch is waiting for the writer lease. Exit 4 when no stream has run on this pool."""
+    path = cfg.stream.status_file(cfg.pool.root)
+    if not path.exists():
+        click.echo(f"no stream status at {path} (has `cmaq pool stream` run on this pool?)")
+        ctx.exit(4)
+    echo_json(json.loads(path.read_text()), ensure_ascii=False)

@@ -1,4 +1,4 @@
-"""`cmaq pool build / refresh / purge / compact / rollback`: the Spark jobs that write the pool and move its
+"""`cmaq pool build / refresh / stream / purge / compact / rollback`: the Spark jobs that write the pool and move its
 pointers. Each session opens the pool's catalog (``pool.catalog``) so the analysts' views follow."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from jobs.compact import compact_current
 from jobs.nearline import refresh as refresh_pool
 from jobs.nightly import build_pool
 from jobs.purge import purge as purge_pool
+from jobs.stream import run_stream, stop_on_signals
 
 
 @click.command("build")
@@ -47,6 +48,20 @@ def refresh(ctx: click.Context, cfg: CmaqConfig, content: str) -> None:
     echo_json({"op_id": report.op_id, "status": report.status, "version": report.version, "counts": report.counts,
                "watermark": report.watermark, "delta": report.delta, "error": report.error})
     ctx.exit(report.exit_code)
+
+
+@click.command("stream")
+@click.option("--once", is_flag=True, help="Process what is available now, then exit (tests, cron).")
+@config_option("pool.root", "--root")
+@config_option("stream.trigger_s", "--trigger-s")
+@pass_config
+@click.pass_context
+def stream(ctx: click.Context, cfg: CmaqConfig, once: bool) -> None:
+    """Nearline as a stream: notes dropped into <stream dir>/drop/ (Parquet or JSON lines, written
+    under a name starting with _ or . and renamed into place) reach the current version's cache and
+    Parquet one micro-batch at a time, exactly once; bad files go to quarantine/ with their reason.
+    Runs until SIGTERM or Ctrl-C. Exit 0 stopped (or done, with --once), 1 error, 2 bad configuration."""
+    ctx.exit(run_stream(catalog_session("cmaq-pool-stream", cfg.pool), cfg, once, stop_on_signals()))
 
 
 @click.command("purge")

@@ -22,7 +22,7 @@ from typing import Sequence
 from cmaq.config.engines import EngineConfig, ModelConfig
 from cmaq.config.filters import (DEFAULT_COMMERCIAL_EN, DEFAULT_COMMERCIAL_ZH, FILTER_NAMES, CommercialConfig,
                                  FiltersConfig, HarmConfig, LexicalConfig, RelevanceConfig, SimilarityConfig)
-from cmaq.config.jobs import ArmConfig, DataConfig, PoolConfig
+from cmaq.config.jobs import ArmConfig, DataConfig, PoolConfig, StreamConfig
 from cmaq.config.loader import (ConfigDeprecation, ConfigError, FieldError, build, config_hash, field_help,
                                 help_of, parse_override, read_tree, to_dict, to_toml, warn_deprecated, with_values)
 from cmaq.config.reproduce import ReproduceConfig
@@ -32,7 +32,7 @@ from cmaq.config.world import WorldConfig
 __all__ = ["AlignConfig", "ArmConfig", "CmaqConfig", "CommercialConfig", "ConfigDeprecation", "ConfigError", "DataConfig",
            "DEFAULT_COMMERCIAL_EN", "DEFAULT_COMMERCIAL_ZH", "EngineConfig", "FILTER_NAMES", "FieldError",
            "FiltersConfig", "HarmConfig", "LexicalConfig", "ModelConfig", "PolicyTrainConfig", "PoolConfig",
-           "RelevanceConfig", "ReproduceConfig", "RewardModelConfig", "SimilarityConfig", "WorldConfig",
+           "RelevanceConfig", "ReproduceConfig", "RewardModelConfig", "SimilarityConfig", "StreamConfig", "WorldConfig",
            "config_hash", "help_of", "load_config", "parse_override", "to_dict", "to_toml", "with_values"]
 
 #: Sections whose own ``model_dir`` overrides ``model.base_dir``: the way to set the base model
@@ -52,6 +52,7 @@ class CmaqConfig:
                                       default_factory=EngineConfig)
     data: DataConfig = field_help("Training-data builders.", default_factory=DataConfig)
     pool: PoolConfig = field_help("Recall-pool job.", default_factory=PoolConfig)
+    stream: StreamConfig = field_help("Nearline as a stream (`cmaq pool stream`).", default_factory=StreamConfig)
     rm_exp: RewardModelConfig = field_help("Expansion reward model (answers 1 or 0).",
                                            default_factory=RewardModelConfig)
     rm_ctr: RewardModelConfig = field_help("CTR reward model (scalar head, BPR loss on CTR pairs).",

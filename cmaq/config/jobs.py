@@ -167,3 +167,53 @@ class PoolConfig:
         require(self.compact_every >= 0, "compact_every", "must be >= 0 (0: never by count)")
         require(self.compact_every_min >= 0, "compact_every_min", "must be >= 0 (0: never by age)")
         require(self.kv_grace_s >= 0, "kv_grace_s", "must be >= 0")
+
+
+STREAM_SOURCES = ("files", "kafka")
+
+
+@dataclass
+class StreamConfig:
+    """Nearline as a stream (jobs/stream.py, `cmaq pool stream`): new and updated notes from a drop
+    directory (or Kafka) into the current pool version, one delta per micro-batch."""
+
+    source: str = field_help(
+        "'files': a drop directory producers rename Parquet or JSON-lines files into; 'kafka': a topic whose "
+        "values are JSON objects of the same fields (needs the spark-sql-kafka package; untested here).",
+        default="files")
+    dir: str = field_help("The stream's own directory (drop/, accepted/, quarantine/, checkpoint/, state); "
+                          "empty: <pool.root>/stream.", default="")
+    trigger_s: float = field_help(
+        "Seconds between micro-batches. Each batch costs a few Spark jobs and a delta (about 1-3 s on a "
+        "laptop before generation); shorter triggers add deltas, not speed.", default=5.0)
+    max_files_per_trigger: int = field_help(
+        "Most accepted files one micro-batch reads: bounds a batch's generation time after a backlog.",
+        default=50)
+    intake_poll_s: float = field_help("Seconds between scans of the drop directory for new files.", default=1.0)
+    views_every_s: float = field_help(
+        "Seconds between re-creations of the catalog's views (cmaq_pool_current, ...) while the stream "
+        "publishes: they follow the cache within this long. Re-creating them costs 1-3 s on the embedded "
+        "metastore; 0 does it with every micro-batch.", default=60.0)
+    kafka_bootstrap_servers: str = field_help("Kafka brokers (host:port,...) when source = 'kafka'.", default="")
+    kafka_topic: str = field_help("Kafka topic when source = 'kafka'.", default="")
+    kafka_starting_offsets: str = field_help("'earliest' or 'latest' for a stream with no checkpoint yet.",
+                                             default="earliest")
+
+    def root(self, pool_root: str) -> Path:
+        return Path(self.dir) if self.dir else Path(pool_root) / "stream"
+
+    def status_file(self, pool_root: str) -> Path:
+        """What the running stream last reported (``cmaq pool status`` prints it)."""
+        return self.root(pool_root) / "status.json"
+
+    def __post_init__(self) -> None:
+        require(self.source in STREAM_SOURCES, "source", f"must be one of {', '.join(STREAM_SOURCES)}, "
+                                                         f"got {self.source!r}")
+        require(self.trigger_s > 0, "trigger_s", "must be > 0")
+        require(self.max_files_per_trigger >= 1, "max_files_per_trigger", "must be >= 1")
+        require(self.intake_poll_s > 0, "intake_poll_s", "must be > 0")
+        require(self.views_every_s >= 0, "views_every_s", "must be >= 0 (0: every micro-batch)")
+        require(self.source != "kafka" or bool(self.kafka_bootstrap_servers and self.kafka_topic),
+                "kafka_topic", "source = 'kafka' needs kafka_bootstrap_servers and kafka_topic")
+        require(self.kafka_starting_offsets in ("earliest", "latest"), "kafka_starting_offsets",
+                "must be 'earliest' or 'latest'")

@@ -127,10 +127,14 @@ def _stale(held: dict) -> bool:
     return False
 
 
-def writer_lease(pool_cfg: PoolConfig, owner: str) -> AbstractContextManager:
-    """The pool's single-writer lease for ``owner``: in the configured cache, or in a lock file under
-    the pool root when the cache is disabled (``kv_url = none``), so writers exclude each other either
-    way. Waits up to ``pool.lease_wait_s`` for a held lease."""
+def lease_store(pool_cfg: PoolConfig) -> LeaseStore:
+    """Where the pool's leases live: the configured cache, or a lock file under the pool root when the
+    cache is disabled (``kv_url = none``), so writers exclude each other either way."""
     url = pool_cfg.kv()
-    store = open_sink(url, pool_cfg.kv_prefix) if url else FileLeaseStore(pool_cfg.root)
-    return Lease(store, owner, pool_cfg.lease_ttl_s, wait_s=pool_cfg.lease_wait_s)
+    return open_sink(url, pool_cfg.kv_prefix) if url else FileLeaseStore(pool_cfg.root)
+
+
+def writer_lease(pool_cfg: PoolConfig, owner: str) -> AbstractContextManager:
+    """The pool's single-writer lease for ``owner`` (:func:`lease_store`). Waits up to
+    ``pool.lease_wait_s`` for a held lease."""
+    return Lease(lease_store(pool_cfg), owner, pool_cfg.lease_ttl_s, wait_s=pool_cfg.lease_wait_s)

@@ -303,10 +303,15 @@ class RedisSink:
                 self.client.unlink(*keys[i:i + self.batch])
 
     _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+    _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) "
+              "else return 0 end")
 
     def acquire(self, name: str, owner: str, ttl_s: float) -> str | None:
         key = f"{self.prefix}:lease:{name}"
         if self.client.set(key, owner, nx=True, px=int(ttl_s * 1000)):
+            return None
+        # Held by this same owner (a stream restarted after a kill names itself as before): renewed.
+        if self.client.eval(self._RENEW, 1, key, owner, int(ttl_s * 1000)):
             return None
         holder = self.client.get(key)
         return holder.decode() if holder is not None else "unknown (just released; retry)"

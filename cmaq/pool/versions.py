@@ -47,6 +47,13 @@ def committed_deltas(vdir: Path) -> list[Path]:
     return [p for p in published if p.name not in covered]
 
 
+def delta_ids(vdir: Path) -> set[str]:
+    """Every delta id that is part of the version: published on its own or folded into a compaction
+    (how a replayed stream batch finds that it was already published)."""
+    published = _published_deltas(vdir)
+    return {p.name for p in published} | _covered(published)
+
+
 def covered_deltas(vdir: Path) -> list[Path]:
     """Delta directories still on disk that a compaction's manifest lists: replaced, to be removed."""
     ddir = vdir / "deltas"
