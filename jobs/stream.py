@@ -424,7 +424,7 @@ def run_stream(spark: SparkSession, cfg: CmaqConfig, once: bool, stop: threading
     try:
         arms = check_ready(cfg)
         stream_dir.mkdir(parents=True, exist_ok=True)
-        single = _one_process(stream_dir)
+        single = one_process_lock(stream_dir)
     except BadInput as exc:
         log.error("stream not started: %s", exc)
         print(f"Error: {exc}", file=sys.stderr)
@@ -479,7 +479,7 @@ def run_stream(spark: SparkSession, cfg: CmaqConfig, once: bool, stop: threading
     return EXIT_OK
 
 
-def _one_process(stream_dir: Path):
+def one_process_lock(stream_dir: Path):
     """An exclusive lock on ``<stream>/_stream.lock`` for this process's lifetime (the system frees it
     when the process dies, even by SIGKILL): two streams over one directory would share the
     checkpoint and the lease's owner name."""

@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from cmaq.cli import main as cli
 from cmaq.config import load_config
 from cmaq.pool.reader import Reader
-from jobs.entry import EXIT_OK
+from jobs.entry import EXIT_BAD_INPUT, EXIT_OK
 from jobs.nightly import build_pool
 from jobs.pool_tables import version_frames
-from jobs.stream import run_stream, trim_carry
+from jobs.stream import one_process_lock, run_stream, trim_carry
 
 from conftest import REPO, command_json
 from processes import kill_tree
@@ -106,6 +106,24 @@ def _stream(root: Path, env: dict | None = None, once: bool = True) -> subproces
            *sum((["--set", o] for o in _opts(root)), [])]
     return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_bad_configuration_exits_2_before_anything_runs(spark, stream_world, tmp_path, capsys):
+    assert run_stream(spark, load_config(None, _opts(tmp_path / "empty")), once=True) == EXIT_BAD_INPUT
+    assert "nothing published yet" in capsys.readouterr().err
+    root = _copy_pool(stream_world, tmp_path / "pool")
+    assert run_stream(spark, load_config(None, [*_opts(root), "filters.lexical.max_words=9"]), once=True) == \
+        EXIT_BAD_INPUT
+    assert "run the nightly" in capsys.readouterr().err
+    stream_dir = load_config(None, _opts(root)).stream.root(str(root))
+    stream_dir.mkdir()
+    held = one_process_lock(stream_dir)  # a stream already running over this directory
+    try:
+        assert run_stream(spark, load_config(None, _opts(root)), once=True) == EXIT_BAD_INPUT
+        assert "another stream is running" in capsys.readouterr().err
+    finally:
+        held.close()
+    assert not (root / "stream" / "checkpoint").exists()
 
 
 def test_the_carry_set_keeps_what_the_nightly_could_not_have_read(spark):

@@ -24,6 +24,9 @@ def write_record(root: Path, op_id: str, record: dict) -> None:
 
 
 def new_op_id(tag: str = "") -> str:
-    """A run or operation id: sortable by time, unique across concurrent attempts."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    """A run or operation id: sortable by time, unique across concurrent attempts. The stamp has
+    milliseconds: a version's deltas are ordered by id, and two writers (a stream batch and a purge)
+    can publish within one second. (An id of the older, seconds-only form sorts before every id of
+    its second in the new form.)"""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
     return f"{stamp}-{tag + '-' if tag else ''}{uuid.uuid4().hex[:6]}"
