@@ -446,13 +446,18 @@ def run_stream(spark: SparkSession, cfg: CmaqConfig, once: bool, stop: threading
              "available now" if once else f"{cfg.stream.trigger_s:g} s")
     if intake is not None and not once:
         intake.start()
-    error = None
+    error, logged_batch = None, None
     try:
         while query.isActive and not stop.is_set():
             query.awaitTermination(timeout=max(1.0, cfg.stream.trigger_s))
+            progress = _progress(query.lastProgress)
             batches.report_status(query={"id": str(query.id), "run_id": str(query.runId), "active": query.isActive,
-                                         "progress": _progress(query.lastProgress)},
-                                  intake=intake.counts if intake else None)
+                                         "progress": progress}, intake=intake.counts if intake else None)
+            if progress and progress["batchId"] != logged_batch:
+                logged_batch = progress["batchId"]
+                log.info("stream progress: batch %s, %s rows in, %.1f rows/s processed, trigger %s ms",
+                         logged_batch, progress["numInputRows"], progress["processedRowsPerSecond"] or 0.0,
+                         (progress["durationMs"] or {}).get("triggerExecution"))
             if query.isActive:
                 batches.tick()
         if query.isActive:
