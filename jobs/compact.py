@@ -26,7 +26,8 @@ from pathlib import Path
 from cmaq.config import CmaqConfig, PoolConfig
 from cmaq.pool import atomic_write, new_op_id, write_record
 from cmaq.pool.lease import writer_lease
-from cmaq.pool.versions import DELTA_MANIFEST, committed_deltas, covered_deltas, current_version, version_arms
+from cmaq.pool.versions import (DELTA_MANIFEST, committed_deltas, covered_by, covered_deltas, current_version,
+                                 version_arms)
 from jobs.catalog import register_current
 from jobs.pool_tables import latest_delta_rows, write_tables
 
@@ -56,8 +57,7 @@ def compact_deltas(spark, vdir: Path) -> dict:
     # right after the newest delta in id order, before any later one: the newest-delta-wins rule holds
     name = f"{deltas[-1].name}{COMPACTED}{len(deltas)}"
     # what earlier compactions replaced too: a stream's replayed batch looks its delta id up here
-    covered = [d.name for d in deltas] + sorted({n for d in deltas
-                                                 for n in json.loads((d / DELTA_MANIFEST).read_text()).get("compacts", ())})
+    covered = [d.name for d in deltas] + sorted(covered_by(deltas))
     tmp = vdir / "deltas" / f".{name}.tmp"
     sc = spark.sparkContext
     group = f"cmaq-compact-{name}"

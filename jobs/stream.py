@@ -49,7 +49,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -65,7 +64,7 @@ from cmaq.pool.lease import Lease, LeaseHeld, lease_store
 from cmaq.pool.versions import current_version, delta_ids, read_manifest, version_arms
 from jobs.arrow_spark import spark_schema
 from jobs.catalog import catalog_session
-from jobs.contract import COLUMNS, BadInput, takedowns
+from jobs.contract import COLUMNS, BadInput
 from jobs.entry import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, Timer, add_config_options, setup
 from jobs.generate import FAULT_ENV
 from jobs.nearline import apply_rows, check_arms

@@ -43,7 +43,7 @@ def committed_deltas(vdir: Path) -> list[Path]:
     (:mod:`jobs.compact`) takes the place of the deltas its manifest lists under ``compacts``: those
     are left out from the moment its manifest exists, before they are removed."""
     published = _published_deltas(vdir)
-    covered = _covered(published)
+    covered = covered_by(published)
     return [p for p in published if p.name not in covered]
 
 
@@ -51,13 +51,13 @@ def delta_ids(vdir: Path) -> set[str]:
     """Every delta id that is part of the version: published on its own or folded into a compaction
     (how a replayed stream batch finds that it was already published)."""
     published = _published_deltas(vdir)
-    return {p.name for p in published} | _covered(published)
+    return {p.name for p in published} | covered_by(published)
 
 
 def covered_deltas(vdir: Path) -> list[Path]:
     """Delta directories still on disk that a compaction's manifest lists: replaced, to be removed."""
     ddir = vdir / "deltas"
-    return sorted(ddir / name for name in _covered(_published_deltas(vdir)) if (ddir / name).exists())
+    return sorted(ddir / name for name in covered_by(_published_deltas(vdir)) if (ddir / name).exists())
 
 
 def _published_deltas(vdir: Path) -> list[Path]:
@@ -68,5 +68,6 @@ def _published_deltas(vdir: Path) -> list[Path]:
                   and (p / DELTA_MANIFEST).exists())
 
 
-def _covered(published: list[Path]) -> set[str]:
+def covered_by(published: list[Path]) -> set[str]:
+    """The delta ids the compaction manifests among ``published`` list as replaced."""
     return {name for p in published for name in json.loads((p / DELTA_MANIFEST).read_text()).get("compacts", ())}
