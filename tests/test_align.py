@@ -285,9 +285,9 @@ def test_killed_align_resumes_to_the_uninterrupted_result(qsa, trained_rms, rm_d
                                                                                           f"align.{k}={v}")],
            "train", "align", "--data", str(rm_data / "sft"), "--out", str(killed)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    checkpoint = killed / "iter-2" / "checkpoint" / "state.pt"
+    checkpoints = killed / "iter-2" / "checkpoint"
     deadline = time.time() + 600
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+    while not any(checkpoints.glob("step-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before iteration 2's first checkpoint"
     os.killpg(proc.pid, signal.SIGKILL)

@@ -142,7 +142,7 @@ def test_training_resumes_from_a_checkpoint(tiny_model, tmp_path):
     clean, clean_metrics = run(tmp_path / "clean")
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed", crash_at=4)
-    assert (tmp_path / "killed" / "checkpoint" / "state.pt").exists()
+    assert (tmp_path / "killed" / "checkpoint" / "step-3").is_dir()
     resumed, metrics = run(tmp_path / "killed")
     assert metrics["resumed_at"] == 3 and metrics["steps"] == clean_metrics["steps"] == 6
     assert metrics["loss_curve"] == pytest.approx(clean_metrics["loss_curve"], abs=1e-5)

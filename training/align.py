@@ -65,7 +65,8 @@ from cmaq.config import AlignConfig, EngineConfig, FiltersConfig, ModelConfig
 from cmaq.engines import base_model_dir
 from cmaq.losses import adaptive_beta
 from cmaq.rewards import combine
-from training.gate import RewardGate
+from training.distributed import runtime
+from training.gate import RewardGate, judge_sharded
 from training.guards import probe_notes, probe_policy
 from training.loop import train
 from training.policy import load_policy, save_policy
@@ -120,10 +121,12 @@ def with_adaptive_beta(pairs: list[dict], cfg: AlignConfig) -> None:
 
 
 def train_iteration(model, tokenizer, pairs: list[dict], encoded: list[tuple], cfg: AlignConfig, iter_dir: Path,
-                    t: int) -> dict:
+                    t: int, model_dir: str) -> dict:
+    """One epoch on the iteration's pairs; the adapter is written to ``iter_dir/adapter``."""
     beta = cfg.beta0 * torch.tensor([p["beta_tilde"] for p in pairs])
     step_loss = pair_loss_fn(model, tokenizer, pairs, encoded, beta, cfg.nll_weight)
-    return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}")
+    return train(model, len(pairs), step_loss, cfg, iter_dir, lambda: {}, f"cmaq iter {t}",
+                 save=lambda state: save_policy(model, iter_dir, cfg, model_dir, state))
 
 
 def select_iteration(summary: list[dict], how: str) -> int:
@@ -141,16 +144,17 @@ def select_iteration(summary: list[dict], how: str) -> int:
 
 def _cached_json(path: Path, key: dict, compute):
     """``compute()``'s JSON result, kept in ``path`` with ``key`` so that a resumed run does not redo it;
-    recomputed when the key (what the result depends on) differs from the kept one."""
+    recomputed when the key (what the result depends on) differs from the kept one. The main process
+    computes it; every process gets it."""
     if path.exists():
         kept = json.loads(path.read_text())
         if isinstance(kept, dict) and kept.get("key") == key:
             return kept["value"]
         log.warning("%s: computed for other settings; computing again", path)
-    value = compute()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "value": value}, default=str))
-    tmp.replace(path)  # a run killed while writing leaves no half file to resume from
+    rt = runtime()
+    value = rt.from_main(compute)
+    # a run killed while writing leaves no half file to resume from
+    rt.write_text(path, json.dumps({"key": key, "value": value}, default=str))
     return value
 
 
@@ -165,7 +169,7 @@ def probe_key(cfg: AlignConfig, engine_cfg: EngineConfig) -> dict:
 
 def _save_pairs(pairs: list[dict], path: Path) -> None:
     rows = [{"content_id": p["item"]["content_id"], **{k: v for k, v in p.items() if k != "item"}} for p in pairs]
-    pd.DataFrame(rows).to_parquet(path, index=False)
+    runtime().write(path, lambda tmp: pd.DataFrame(rows).to_parquet(tmp, index=False))
 
 
 def _load_pairs(path: Path, items_by_id: dict) -> list[dict]:
@@ -179,6 +183,7 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
     runs with ``engine_cfg``'s settings (the ``[engine]`` section); the reward gate with ``filters_cfg``'s
     serving chain."""
     engine_cfg = engine_cfg or EngineConfig()
+    rt = runtime()
     gate = RewardGate(cfg.reward_gate, filters_cfg)
     for path, what in ((data, "D_SFT (`cmaq data sft`)"), (cfg.qsa, "the QSA adapter (`cmaq train sft`)"),
                        (cfg.rm_exp, "the expansion RM"), (cfg.rm_ctr, "the CTR RM")):
@@ -238,7 +243,7 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
                 items = sample_contents(rows, cfg.contents, seed)
                 candidates, r_exp, r_ctr = scored_samples(engine_of(), scorer, items, cfg, previous, seed)
             rewards = combine(r_exp, r_ctr, cfg.alpha, cfg.mean)
-            verdict = gate(items, candidates)
+            verdict = judge_sharded(gate, items, candidates)
             tau1, tau2 = thresholds(rewards[verdict.passed], cfg)
             pairs = mine_pairs(items, candidates, rewards, tau1, tau2, seed, verdict.passed)
             stats.update(contents=len(items), candidates=int(len(rewards)), gate=verdict.summary(), tau1=tau1,
@@ -257,28 +262,27 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
             else:
                 reference_logps(load_policy(model_dir, reference, trainable=False), tokenizer, pairs, encoded)
             with_adaptive_beta(pairs, cfg)
-            _save_pairs(pairs, pairs_path)
-            (iter_dir / "mining.json").write_text(json.dumps(stats, default=str))
+            rt.write_text(iter_dir / "mining.json", json.dumps(stats, default=str))
+            _save_pairs(pairs, pairs_path)  # last: its presence says the iteration's pairs are final
         torch.manual_seed(seed)
-        metrics = train_iteration(model, tokenizer, pairs, encoded, cfg, iter_dir, t)
-        save_policy(model, iter_dir, cfg, model_dir)
+        metrics = train_iteration(model, tokenizer, pairs, encoded, cfg, iter_dir, t, model_dir)
         stats.update(pairs=len(pairs), mean_beta_tilde=float(np.mean([p["beta_tilde"] for p in pairs])),
                      mean_r_chosen=float(np.mean([p["r_chosen"] for p in pairs])),
                      mean_r_rejected=float(np.mean([p["r_rejected"] for p in pairs])),
                      loss_first=metrics["loss_first"], loss_last20=metrics["loss_last20"],
-                     loss_curve=metrics["loss_curve"], probe=probe(str(iter_dir / "adapter"), seed))
-        (iter_dir / "summary.json").write_text(json.dumps(stats, default=str))
-        (iter_dir / "DONE").write_text("ok\n")
+                     loss_curve=metrics["loss_curve"],
+                     probe=rt.from_main(lambda: probe(str(iter_dir / "adapter"), seed)))
+        rt.write_text(iter_dir / "summary.json", json.dumps(stats, default=str))
+        rt.write_text(iter_dir / "DONE", "ok\n")
         summary.append(stats)
         previous = str(iter_dir / "adapter")
         log.info("iteration %d: %d pairs, mean beta~ %.3f, loss %.4f", t, len(pairs), stats["mean_beta_tilde"],
                  stats["loss_last20"])
     chosen = select_iteration(summary, cfg.select)
     served = previous if chosen == len(summary) else str(out / f"iter-{chosen}" / "adapter")
-    if (out / "adapter").exists():
-        shutil.rmtree(out / "adapter")
-    shutil.copytree(served, out / "adapter")
+    rt.write(out / "adapter", lambda tmp: shutil.copytree(served, tmp))
     result = {"out": str(out), "adapter": str(out / "adapter"), "select": cfg.select, "selected_iteration": chosen,
-              "selected_from": served, "probe_qsa": qsa_probe, "iterations": summary}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+              "selected_from": served, "probe_qsa": qsa_probe, "iterations": summary,
+              "processes": rt.world}
+    rt.write_text(out / "metrics.json", json.dumps(result, indent=2, default=str))
     return result

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from cmaq.config import AlignConfig, EngineConfig, FiltersConfig, ModelConfig
 from cmaq.engines import base_model_dir
-from training.gate import RewardGate
+from training.distributed import runtime
+from training.gate import RewardGate, judge_sharded
 from training.loop import train
 from training.policy import load_policy, save_policy
 from training.preference import encode_pairs, first_iteration_samples, pair_loss_fn, reference_logps, sampler_engine
@@ -48,7 +49,7 @@ def build_preference_set(cfg: AlignConfig, rows: list[dict], path: Path, model_d
     items, candidates, r_exp, r_ctr = first_iteration_samples(
         cfg, rows, lambda: sampler_engine(cfg, engine_cfg, model_dir), lambda: RewardScorer(cfg.rm_exp, cfg.rm_ctr),
         Path(cfg.first_samples) if cfg.first_samples else path, engine_cfg)
-    passed = RewardGate(cfg.reward_gate, filters_cfg)(items, candidates).passed
+    passed = judge_sharded(RewardGate(cfg.reward_gate, filters_cfg), items, candidates).passed
     flat = [(it, q) for it, qs in zip(items, candidates) for q in qs]
     return [{"content_id": it["content_id"], "query": q, "r_exp": float(e) if ok else 0.0,
              "r_ctr": float(c) if ok else 0.0, "passed": bool(ok), "item": it}
@@ -87,8 +88,8 @@ def train_dpo(cfg: AlignConfig, pairs: list[dict], out: Path, model_dir: str,
     encoded = encode_pairs(tokenizer, pairs, cfg.max_prompt_tokens)
     reference_logps(model, tokenizer, pairs, encoded)
     step_loss = pair_loss_fn(model, tokenizer, pairs, encoded, cfg.beta0, weights=weights)
-    metrics = train(model, len(pairs), step_loss, replace(cfg, epochs=cfg.baseline_epochs), out, lambda: {}, out.name)
-    save_policy(model, out, cfg, model_dir)
+    metrics = train(model, len(pairs), step_loss, replace(cfg, epochs=cfg.baseline_epochs), out, lambda: {}, out.name,
+                    save=lambda state: save_policy(model, out, cfg, model_dir, state))
     return {"pairs": len(pairs), **{k: metrics[k] for k in ("steps", "loss_first", "loss_last20")}}
 
 
@@ -109,12 +110,15 @@ def merge_lora_soup(a: Path, b: Path, alpha: float, out: Path) -> Path:
             merged[key] = torch.cat([alpha * value, (1 - alpha) * wb[key]], 1)
         else:
             raise ValueError(f"cannot merge {key}: only LoRA factors are supported")
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(merged, str(out / "adapter_model.safetensors"))
-    # Twice the rank with twice the alpha keeps the scale alpha/r, so the merge is exact.
-    (out / "adapter_config.json").write_text(json.dumps({**cfg_a, "r": 2 * cfg_a["r"],
-                                                         "lora_alpha": 2 * cfg_a["lora_alpha"]}, indent=2))
-    return out
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file(merged, str(tmp / "adapter_model.safetensors"))
+        # Twice the rank with twice the alpha keeps the scale alpha/r, so the merge is exact.
+        (tmp / "adapter_config.json").write_text(json.dumps({**cfg_a, "r": 2 * cfg_a["r"],
+                                                             "lora_alpha": 2 * cfg_a["lora_alpha"]}, indent=2))
+
+    return runtime().write(out, write)
 
 
 def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None = None,
@@ -153,6 +157,5 @@ def run_baseline(cfg: AlignConfig, method: str, data: str, ctr_pairs: str | None
             merge_lora_soup(out / "soup-exp" / "adapter", out / "soup-ctr" / "adapter", a, target / "adapter")
             result = {"exp": r_exp, "ctr": r_ctr}
     result = {"method": method, "alpha": cfg.alpha, "adapter": str(target / "adapter"), **result}
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "summary.json").write_text(json.dumps(result, indent=2))
+    runtime().write_text(target / "summary.json", json.dumps(result, indent=2))
     return result

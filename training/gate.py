@@ -20,6 +20,7 @@ from cmaq.config import FiltersConfig
 from filters.base import DUPLICATE
 from filters.chain import FilterChain
 from filters.lexical import duplicate_key
+from training.distributed import runtime
 
 GATE_MODES = ("serving", "none")
 
@@ -64,3 +65,23 @@ class RewardGate:
             if not ok:
                 counts[r] = counts.get(r, 0) + 1
         return GateVerdict(passed, counts)
+
+
+def judge_sharded(gate: RewardGate, items: Sequence[dict], candidates: Sequence[Sequence[str]]) -> GateVerdict:
+    """``gate(items, candidates)`` with each rank judging its share of the contents (the gate's verdicts
+    are per content), put back together on every rank."""
+    def judge(part):
+        verdict = gate([it for it, _ in part], [qs for _, qs in part])
+        out, pos = [], 0
+        for _, qs in part:
+            out.append(verdict.passed[pos:pos + len(qs)].tolist())
+            pos += len(qs)
+        # each item's share of the failure counts rides with its first candidate's slot
+        return [(flags, verdict.reasons if i == 0 else {}) for i, flags in enumerate(out)]
+
+    per_item = runtime().map_sharded(list(zip(items, candidates)), judge)
+    reasons: dict[str, int] = {}
+    for _, counts in per_item:
+        for reason, n in counts.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return GateVerdict(np.array([ok for flags, _ in per_item for ok in flags], bool), reasons)

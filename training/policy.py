@@ -15,6 +15,7 @@ from cmaq.artifacts import LORA_TARGETS
 from cmaq.config import to_toml
 from cmaq.prompts import PromptLimits, generation_prompt
 from cmaq.shared_prefix import hidden_at, transformer_and_head
+from training.distributed import runtime
 from training.loop import default_device
 
 
@@ -61,8 +62,10 @@ def load_policy(model_dir: str, adapter: str | Path, trainable: bool = True):
                                      str(adapter), is_trainable=trainable)
 
 
-def save_policy(model, out: Path, cfg, model_dir: str) -> Path:
-    """The adapter (PEFT format) and the run's config beside it, naming the base it was trained on."""
-    model.save_pretrained(out / "adapter")
-    (out / "config.toml").write_text(to_toml(replace(cfg, model_dir=model_dir)))
+def save_policy(model, out: Path, cfg, model_dir: str, state_dict: dict | None = None) -> Path:
+    """The adapter (PEFT format) and the run's config beside it, naming the base it was trained on;
+    written by the main process. ``state_dict``: the full weights when the model's own are FSDP shards."""
+    rt = runtime()
+    rt.write(out / "adapter", lambda tmp: model.save_pretrained(tmp, state_dict=state_dict, is_main_process=rt.is_main))
+    rt.write_text(out / "config.toml", to_toml(replace(cfg, model_dir=model_dir)))
     return out / "adapter"

@@ -27,6 +27,7 @@ from cmaq.config import AlignConfig, EngineConfig
 from cmaq.engines import make_engine
 from cmaq.engines.base import adapter_version
 from cmaq.losses import consistent_dpo_loss
+from training.distributed import runtime
 from training.policy import encode, sequence_logps
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,28 @@ def beam_candidates(engine, items: Sequence[dict], adapter: str | None, batch: i
 def scored_samples(engine, scorer, items: list[dict], cfg: AlignConfig, adapter: str, seed: int):
     """k queries per content from the policy and both rewards of each: (candidates, r_exp, r_ctr), the
     rewards flat in candidate order. With ``align.reward = "lcb"`` each reward is the ensemble's lower
-    bound, mean − κ·std (:meth:`Scores.lower_bounds`)."""
-    candidates = sample_queries(engine, items, cfg, adapter, seed)
-    flat_items = [it for it, qs in zip(items, candidates) for _ in qs]
-    scores = scorer.score(flat_items, [q for qs in candidates for q in qs])
-    if cfg.reward == "lcb":
-        r_exp, r_ctr = scores.lower_bounds(cfg.lcb_kappa)
-        return candidates, r_exp, r_ctr
-    return candidates, np.asarray(scores.r_exp), np.asarray(scores.r_ctr)
+    bound, mean − κ·std (:meth:`Scores.lower_bounds`). On several processes each samples and scores its
+    share of the contents (the draws are seeded per content, so the result is the same) and every
+    process gets the whole."""
+    def sample_and_score(part: list[dict]) -> list[tuple]:
+        candidates = sample_queries(engine, part, cfg, adapter, seed)
+        flat_items = [it for it, qs in zip(part, candidates) for _ in qs]
+        scores = scorer.score(flat_items, [q for qs in candidates for q in qs])
+        if cfg.reward == "lcb":
+            r_exp, r_ctr = scores.lower_bounds(cfg.lcb_kappa)
+        else:
+            r_exp, r_ctr = np.asarray(scores.r_exp), np.asarray(scores.r_ctr)
+        out, pos = [], 0
+        for qs in candidates:
+            out.append((qs, r_exp[pos:pos + len(qs)].tolist(), r_ctr[pos:pos + len(qs)].tolist()))
+            pos += len(qs)
+        return out
+
+    per_item = runtime().map_sharded(items, sample_and_score)
+    candidates = [qs for qs, _, _ in per_item]
+    r_exp = np.array([x for _, e, _ in per_item for x in e], dtype=np.float64)
+    r_ctr = np.array([x for _, _, c in per_item for x in c], dtype=np.float64)
+    return candidates, r_exp, r_ctr
 
 
 #: The ``[engine]`` settings that change what the sampler draws (the rest place or batch the work).
@@ -142,11 +157,9 @@ def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, score
         frame = pd.DataFrame({"content_id": [it["content_id"] for it, qs in zip(items, candidates) for _ in qs],
                               "query": [q for qs in candidates for q in qs], "r_exp": r_exp, "r_ctr": r_ctr})
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), b"cmaq_key": key.encode()}),
-                       tmp)
-        tmp.replace(path)  # several runs may share the file: never leave a half-written one
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"cmaq_key": key.encode()})
+        # several runs may share the file: written under another name, then renamed into place
+        runtime().write(path, lambda tmp: pq.write_table(table, tmp))
     return items, candidates, r_exp, r_ctr
 
 
@@ -159,14 +172,21 @@ def encode_pairs(tokenizer, pairs: list[dict], max_prompt_tokens: int) -> list[t
 
 def reference_logps(model, tokenizer, pairs: list[dict], encoded: list[tuple], batch: int = 16) -> None:
     """log π_{t−1}(y|x) of every chosen and rejected query, with the adapter as the previous iteration
-    left it (before any update of this iteration); stored on the pairs."""
+    left it (before any update of this iteration); stored on the pairs. Each process scores its share
+    of the pairs; every process gets them all."""
+    def score(part: list[tuple]) -> list[tuple[float, float]]:
+        out = []
+        for start in range(0, len(part), batch):
+            chunk = part[start:start + batch]
+            logps, _ = sequence_logps(model, [c for c, _ in chunk] + [r for _, r in chunk], tokenizer.pad_token_id)
+            out.extend((float(logps[i]), float(logps[len(chunk) + i])) for i in range(len(chunk)))
+        return out
+
     model.eval()
     with torch.no_grad():
-        for start in range(0, len(pairs), batch):
-            chunk = encoded[start:start + batch]
-            logps, _ = sequence_logps(model, [c for c, _ in chunk] + [r for _, r in chunk], tokenizer.pad_token_id)
-            for i, p in enumerate(pairs[start:start + batch]):
-                p["ref_chosen"], p["ref_rejected"] = float(logps[i]), float(logps[len(chunk) + i])
+        scored = runtime().map_sharded(encoded, score)
+    for p, (chosen, rejected) in zip(pairs, scored):
+        p["ref_chosen"], p["ref_rejected"] = chosen, rejected
 
 
 def pair_loss_fn(model, tokenizer, pairs: list[dict], encoded: list[tuple], beta, nll_weight: float = 0.0,

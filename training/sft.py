@@ -54,7 +54,9 @@ def train_qsa(cfg: PolicyTrainConfig, data: str, model_cfg: ModelConfig | None =
         return query_nll(logps, lengths)
 
     out = Path(cfg.out or "runs/qsa")
-    metrics = train(model, len(examples), step_loss, cfg, out, lambda: {}, "qsa")
-    save_policy(model, out, cfg, model_dir)
+    # The loss is a token mean over the global batch: each example weighs its query's tokens.
+    metrics = train(model, len(examples), step_loss, cfg, out, lambda: {}, "qsa",
+                    example_weights=[len(answer) for _, answer in examples],
+                    save=lambda state: save_policy(model, out, cfg, model_dir, state))
     log.info("QSA adapter -> %s", out / "adapter")
     return metrics

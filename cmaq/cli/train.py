@@ -9,6 +9,7 @@ import click
 
 from cmaq.cli.settings import BadInput, config_option, echo_json, pass_config
 from cmaq.config import CmaqConfig
+from training import distributed
 from training.align import run_align
 from training.baselines import METHODS, run_baseline
 from training.reward_models.train import train_ctr, train_expansion
@@ -17,20 +18,33 @@ from training.sft import train_qsa
 
 @click.group("train")
 def train_group() -> None:
-    """Train the reward models, QSA (sft) and the CMAQ policy (align)."""
+    """Train the reward models, QSA (sft) and the CMAQ policy (align).
+
+    One process needs no launcher. On several (settings in [distributed]):
+
+        torchrun --nproc_per_node 2 -m cmaq.cli train sft --data DATA/sft
+
+    (gloo on CPU, NCCL on GPUs), or accelerate launch --config_file configs/accelerate/ddp-8gpu.yaml -m
+    cmaq.cli train ...; the global batch, and so the trained adapter, is the same on any number of processes."""
 
 
-def _echo_training(fn, *args, user_errors: tuple = (FileNotFoundError, ValueError), **kwargs) -> None:
-    """Run a training function; ``user_errors`` become one ``Error:`` line, the metrics (without the loss
-    curves, which are in the run's metrics.json) are printed as JSON."""
+def _echo_training(cfg: CmaqConfig, fn, *args, user_errors: tuple = (FileNotFoundError, ValueError),
+                   **kwargs) -> None:
+    """Run a training function on this process's rank (``[distributed]``; one process without a launcher);
+    ``user_errors`` become one ``Error:`` line, the metrics (without the loss curves, which are in the
+    run's metrics.json) are printed as JSON by the main process."""
+    rt = distributed.setup(cfg.distributed)
     try:
         metrics = fn(*args, **kwargs)
     except user_errors as exc:
         raise BadInput(str(exc)) from None
+    except distributed.RankFailure as exc:  # another rank died or hung: one line naming it, exit 1
+        raise SystemExit(f"Error: {exc}") from None
     metrics.pop("loss_curve", None)
     for iteration in metrics.get("iterations", ()):
         iteration.pop("loss_curve", None)
-    echo_json(metrics)
+    if rt.is_main:
+        echo_json(metrics)
 
 
 def _reward_model_command(name: str, section: str, trainer, data_help: str, doc: str) -> click.Command:
@@ -40,7 +54,7 @@ def _reward_model_command(name: str, section: str, trainer, data_help: str, doc:
     @config_option(f"{section}.out", "--out")
     @pass_config
     def command(cfg: CmaqConfig, data: str, world: str | None) -> None:
-        _echo_training(trainer, getattr(cfg, section), data, world, model_cfg=cfg.model)
+        _echo_training(cfg, trainer, getattr(cfg, section), data, world, model_cfg=cfg.model)
 
     return click.command(name, help=doc)(command)
 
@@ -59,7 +73,7 @@ train_group.add_command(_reward_model_command(
 @pass_config
 def sft(cfg: CmaqConfig, data: str) -> None:
     """QSA: LoRA SFT of the base model on D_SFT (loss on the query tokens only)."""
-    _echo_training(train_qsa, cfg.sft, data, model_cfg=cfg.model)
+    _echo_training(cfg, train_qsa, cfg.sft, data, model_cfg=cfg.model)
 
 
 @train_group.command("align")
@@ -71,7 +85,7 @@ def align(cfg: CmaqConfig, data: str) -> None:
     Ablations: --set align.mean=arithmetic (w/o CDS), align.static_beta=true (w/o CT),
     align.reuse_first=true (w/o OT). Candidates the serving filters drop are negatives by rule
     (align.reward_gate=serving, the default)."""
-    _echo_training(run_align, cfg.align, data, model_cfg=cfg.model, engine_cfg=cfg.engine, filters_cfg=cfg.filters,
+    _echo_training(cfg, run_align, cfg.align, data, model_cfg=cfg.model, engine_cfg=cfg.engine, filters_cfg=cfg.filters,
                    user_errors=(FileNotFoundError,))
 
 
@@ -84,5 +98,5 @@ def align(cfg: CmaqConfig, data: str) -> None:
 def baseline(cfg: CmaqConfig, method: str, data: str, ctr_pairs: str | None) -> None:
     """A baseline from the QSA adapter (settings in [align]: qsa, rm_exp, rm_ctr, k, contents, alpha, beta0,
     baseline_epochs). Writes <out>/<method>/adapter."""
-    _echo_training(run_baseline, cfg.align, method, data, ctr_pairs, model_cfg=cfg.model, engine_cfg=cfg.engine,
+    _echo_training(cfg, run_baseline, cfg.align, method, data, ctr_pairs, model_cfg=cfg.model, engine_cfg=cfg.engine,
                    filters_cfg=cfg.filters)

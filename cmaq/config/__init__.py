@@ -26,10 +26,11 @@ from cmaq.config.jobs import ArmConfig, DataConfig, PoolConfig, StreamConfig
 from cmaq.config.loader import (ConfigDeprecation, ConfigError, FieldError, build, config_hash, field_help,
                                 help_of, parse_override, read_tree, to_dict, to_toml, warn_deprecated, with_values)
 from cmaq.config.reproduce import ReproduceConfig
-from cmaq.config.training import AlignConfig, PolicyTrainConfig, RewardModelConfig
+from cmaq.config.training import AlignConfig, DistributedConfig, PolicyTrainConfig, RewardModelConfig
 from cmaq.config.world import WorldConfig
 
 __all__ = ["AlignConfig", "ArmConfig", "CmaqConfig", "CommercialConfig", "ConfigDeprecation", "ConfigError", "DataConfig",
+           "DistributedConfig",
            "DEFAULT_COMMERCIAL_EN", "DEFAULT_COMMERCIAL_ZH", "EngineConfig", "FILTER_NAMES", "FieldError",
            "FiltersConfig", "HarmConfig", "LexicalConfig", "ModelConfig", "PolicyTrainConfig", "PoolConfig",
            "RelevanceConfig", "ReproduceConfig", "RewardModelConfig", "SimilarityConfig", "StreamConfig", "WorldConfig",
@@ -60,6 +61,8 @@ class CmaqConfig:
     sft: PolicyTrainConfig = field_help("Query style alignment (QSA): LoRA SFT on D_SFT.",
                                         default_factory=PolicyTrainConfig)
     align: AlignConfig = field_help("The CMAQ loop and its ablations.", default_factory=AlignConfig)
+    distributed: DistributedConfig = field_help("Training on several processes (DDP or FSDP via Accelerate).",
+                                                default_factory=DistributedConfig)
     reproduce: ReproduceConfig = field_help("`cmaq reproduce`: the whole chain and its report.",
                                             default_factory=ReproduceConfig)
 

@@ -167,3 +167,39 @@ class AlignConfig(PolicyTrainConfig):
         require(self.select in ("last", "proxy"), "select", "must be 'last' or 'proxy'")
         require(self.select == "last" or self.probe_contents > 0, "select",
                 "'proxy' needs the probe set (align.probe_contents > 0)")
+
+
+@dataclass
+class DistributedConfig:
+    """How a training run uses several processes (`[distributed]`; :mod:`training.distributed`).
+
+    One process needs no launcher. Several come from ``torchrun --nproc_per_node N -m cmaq.cli train ...``
+    (on CPU too: gloo) or ``accelerate launch --config_file configs/accelerate/<file>.yaml -m cmaq.cli ...``;
+    each is one rank of Hugging Face Accelerate. The global batch stays ``batch_size`` whatever the number
+    of processes: each optimizer step's examples are cut into one piece per process (and per accumulation
+    micro-batch), so N processes train the same adapter as one."""
+
+    strategy: str = field_help(
+        "'ddp' (every rank holds the whole model; gradients are averaged) or 'fsdp' (PyTorch FSDP: parameters, "
+        "gradients and optimizer state sharded across ranks, for bases that do not fit one device). "
+        "A launcher's Accelerate config (ACCELERATE_USE_FSDP) also selects FSDP. Ignored with one process.",
+        default="ddp")
+    fsdp_version: int = field_help("FSDP API: 2 (per-parameter sharding, fully_shard) or 1.", default=2)
+    mixed_precision: str = field_help(
+        "'auto': the launcher's Accelerate config (ACCELERATE_MIXED_PRECISION) if it sets one, else bf16 autocast "
+        "on a GPU and none on the CPU; or 'no', 'bf16', 'fp16'. bf16 halves activation memory; fp16 adds a loss "
+        "scaler.", default="auto")
+    gradient_accumulation_steps: int = field_help(
+        "Micro-batches per optimizer step on each process (the step's global batch is unchanged: each micro-batch "
+        "is 1/(steps x processes) of it). Trades speed for activation memory.", default=1)
+    timeout_s: int = field_help(
+        "Seconds a rank waits at a collective (gradient all-reduce, gathers) for the others before the run fails "
+        "naming the ranks that did not arrive, instead of hanging (at most 60).", default=60)
+
+    def __post_init__(self) -> None:
+        require(self.strategy in ("ddp", "fsdp"), "strategy", f"must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        require(self.fsdp_version in (1, 2), "fsdp_version", f"must be 1 or 2, got {self.fsdp_version}")
+        require(self.mixed_precision in ("auto", "no", "bf16", "fp16"), "mixed_precision",
+                f"must be 'auto', 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        require(5 <= self.timeout_s <= 60, "timeout_s", f"must be in [5, 60], got {self.timeout_s}")

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from cmaq.artifacts import LORA_TARGETS
 from cmaq.prompts import PromptLimits, ctr_input, expansion_prompt
 from cmaq.shared_prefix import hidden_at, transformer_and_head
+from training.distributed import runtime
 
 META = "cmaq_rm.json"
 ANSWERS = ("0", "1")
@@ -146,10 +147,17 @@ def tokenizer_of(model_dir: str):
 
 
 def save_rm(model, tokenizer, out_dir: Path, meta: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / META).write_text(json.dumps(meta, indent=2, default=str))
+    """The model, its tokenizer and ``cmaq_rm.json`` into ``out_dir`` (beside its metrics), written by the
+    main process: each file under another name, renamed into place, ``cmaq_rm.json`` last (a directory
+    without it is no reward model)."""
+    rt = runtime()
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    rt.write_into(out_dir, write)
+    rt.write_text(out_dir / META, json.dumps(meta, indent=2, default=str))
 
 
 def read_meta(rm_dir: str | Path) -> dict:

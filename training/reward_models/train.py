@@ -33,6 +33,7 @@ from cmaq.config import ModelConfig, RewardModelConfig
 from cmaq.engines import base_model_dir
 from cmaq.losses import answer_nll, bpr_loss
 from cmaq.rewards import expected_calibration_error, fit_isotonic, normalise_ctr
+from training.distributed import runtime
 from training.loop import subset, train
 from training.reward_models.models import (META, CtrRM, Ensemble, ExpansionRM, base_model, load_parts, lora_config,
                                            save_rm, tokenizer_of)
@@ -135,6 +136,9 @@ def _train_members(kind: str, rm_class, cfg: RewardModelConfig, model_cfg: Model
                    losses_of: LossesOf, has_validation: bool, data: str) -> tuple[Ensemble, list[dict], str]:
     """Train ``cfg.members`` models on the (already tokenised) training rows; returns the ensemble,
     each member's training metrics and the base model's directory."""
+    if runtime().fsdp:
+        raise ValueError(f"{kind} RM: its evaluation and calibration score with the unsharded model; train reward "
+                         "models with distributed.strategy = 'ddp' (the backbone fits where the policy does)")
     model_dir = base_model_dir(model_cfg, cfg.model_dir)
     tokenizer = tokenizer_of(model_dir)
     out_dir = _out(cfg, kind[:3])
@@ -194,13 +198,12 @@ def _finish(cfg: RewardModelConfig, kind: str, model_dir: str, data: str, member
     else:
         metrics = {"members": [{k: v for k, v in m.items() if k != "loss_curve"} for m in member_metrics],
                    "train_seconds": round(sum(m["train_seconds"] for m in member_metrics), 1), **results}
-        (out_dir / META).write_text(json.dumps({
+        runtime().write_text(out_dir / META, json.dumps({
             "kind": kind, "members": [f"member-{i}" for i in range(cfg.members)], "max_len": cfg.max_len,
             "base_model": str(Path(model_dir).resolve()), "data": str(data), "normalisation": cfg.normalisation,
         }, indent=2))
     metrics["members_count"] = cfg.members
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    runtime().write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, default=float))
     return metrics
 
 
@@ -271,7 +274,7 @@ def calibration_report(ensemble: Ensemble, validation: list[dict], test: list[di
         return {"validation_points": len(val), "test_points": len(tst), "ece": None}
     raw_val = ensemble.score(list(val["row"]), list(val["query"]), batch_size)
     calibration = fit_isotonic(raw_val, val["clicks"] / val["impressions"], val["impressions"])
-    (out_dir / CALIBRATION).write_text(json.dumps(calibration.to_dict()))
+    runtime().write_text(out_dir / CALIBRATION, json.dumps(calibration.to_dict()))
     raw = ensemble.score(list(tst["row"]), list(tst["query"]), batch_size)
     groups = list(tst["content_id"])
     ece = {method: round(expected_calibration_error(normalise_ctr(raw, method, groups, calibration),
