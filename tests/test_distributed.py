@@ -155,3 +155,25 @@ def test_fsdp_on_two_processes_saves_a_loadable_adapter(qsa_runs, rm_data, tiny_
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name, kind, processes", [("1gpu", "NO", 1), ("ddp-8gpu", "MULTI_GPU", 8),
+                                                   ("fsdp-8gpu", "FSDP", 8), ("deepspeed-zero2-8gpu", "DEEPSPEED", 8)])
+def test_the_example_accelerate_configs_load(name, kind, processes):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / f"{name}.yaml"))
+    assert (config.distributed_type.value, config.num_processes, config.mixed_precision) == (kind, processes, "bf16")
+
+
+def test_the_vllm_sampler_takes_its_memory_share_and_follows_the_adapter_rank(tiny_model):
+    from cmaq.config import load_config
+    from training.preference import sampler_engine
+
+    cfg = load_config(None, ["align.sampler='vllm'", "align.sampler_memory_share=0.3"])
+    engine = sampler_engine(cfg.align, cfg.engine, tiny_model)  # built lazily: no vLLM process starts here
+    assert type(engine).__name__ == "VllmEngine"
+    assert engine.cfg.gpu_memory_utilization == 0.3 and engine.cfg.max_lora_rank == 0
+    assert engine.cfg.distributed_executor_backend == ""  # one process: vLLM's own executor
+    plain = sampler_engine(load_config(None, ["align.sampler='vllm'"]).align, cfg.engine, tiny_model)
+    assert plain.cfg.gpu_memory_utilization == cfg.engine.gpu_memory_utilization

@@ -51,9 +51,17 @@ def sample_contents(rows: list[dict], n: int, seed: int) -> list[dict]:
 def sampler_engine(cfg: AlignConfig, engine_cfg: EngineConfig, model_dir: str):
     """The engine that samples the policy's queries: the ``[engine]`` settings with the sampler's backend
     and batch, and the prompt budget the loss trains with — so a pair's prompt is the prompt its queries
-    were sampled from."""
+    were sampled from. Built once per run and kept: the vLLM sampler holds ``align.sampler_memory_share``
+    of the device beside the trainer, serves each iteration's adapter as a LoRARequest on the same base
+    (``max_lora_rank`` 0 follows the adapter's rank), and on several processes runs inside each rank."""
+    overrides = {}
+    if cfg.sampler == "vllm":
+        if cfg.sampler_memory_share:
+            overrides["gpu_memory_utilization"] = cfg.sampler_memory_share
+        if runtime().world > 1:
+            overrides["distributed_executor_backend"] = "external_launcher"
     return make_engine(replace(engine_cfg, backend=cfg.sampler, model_dir=model_dir, hf_batch_size=cfg.sampler_batch,
-                               max_model_len=cfg.max_prompt_tokens + engine_cfg.max_new_tokens + 1))
+                               max_model_len=cfg.max_prompt_tokens + engine_cfg.max_new_tokens + 1, **overrides))
 
 
 def sample_queries(engine, items: list[dict], cfg: AlignConfig, adapter: str, seed: int) -> list[list[str]]:

@@ -71,6 +71,10 @@ class EngineConfig:
         "with an adapter: 8.4 s at 8, 30 s at 32 for 10 items here).", default=0)
     max_loras: int = field_help("Adapters vLLM keeps loaded at once (evaluation compares many).", default=4)
     tensor_parallel_size: int = field_help("GPUs per engine; 1 on CPU.", default=1)
+    distributed_executor_backend: str = field_help(
+        "vLLM's executor: '' (its own choice) or 'external_launcher', an engine inside each process of a "
+        "torchrun / accelerate launch (the training loop's sampler on several GPUs: one engine per rank, on "
+        "the rank's GPU, beside its trainer). Set by the training loop; not measured on GPUs here.", default="")
     chunked_prefill: bool = field_help(
         "Let vLLM split a long prompt's prefill across steps. Off: vLLM's CPU build cannot rewind a seeded "
         "request's random generator after a split ('CPU Generator does not use offset'), and the training "
@@ -94,5 +98,8 @@ class EngineConfig:
                  f"got {self.max_lora_rank}")
         require(self.adapter_mode in ("lora", "merged", "auto"), "adapter_mode",
                  f"must be 'lora', 'merged' or 'auto', got {self.adapter_mode!r}")
+        require(self.distributed_executor_backend in ("", "external_launcher", "mp", "uni", "ray"),
+                "distributed_executor_backend",
+                f"must be '', 'external_launcher', 'mp', 'uni' or 'ray', got {self.distributed_executor_backend!r}")
         for key in ("max_loras", "tensor_parallel_size", "hf_batch_size"):
             require(getattr(self, key) >= 1, key, "must be >= 1")

@@ -119,6 +119,11 @@ class AlignConfig(PolicyTrainConfig):
     sampler: str = field_help("Engine that samples the k queries: 'hf' or 'vllm'.", default="hf")
     sampler_batch: int = field_help("Contents per sampling call of the HF engine (k rows each): larger on a GPU.",
                                     default=16)
+    sampler_memory_share: float = field_help(
+        "vLLM sampler: the share of the device's memory its engine takes (weights, KV cache) for the whole run, "
+        "beside the trainer, which keeps the rest; each iteration's adapter is a LoRARequest on the same base. "
+        "0: engine.gpu_memory_utilization. On a GPU about 0.3 leaves 70% to training; too small and vLLM "
+        "refuses to start (no room for the KV cache).", default=0.0)
     first_samples: str = field_help(
         "Parquet file of the QSA policy's samples and their two rewards. Iteration 1 of every run from the same "
         "QSA, seed, N, k and temperature (each α, the ablations, the baselines' preference set) samples the same "
@@ -159,6 +164,7 @@ class AlignConfig(PolicyTrainConfig):
         require(self.tau2 <= self.tau1, "tau2", "must be <= tau1")
         require(self.beta_floor > 0, "beta_floor", "must be > 0")
         require(self.reward_gate in ("serving", "none"), "reward_gate", "must be 'serving' or 'none'")
+        require(0.0 <= self.sampler_memory_share < 1.0, "sampler_memory_share", "must be in [0, 1)")
         require(self.reward in ("mean", "lcb"), "reward", "must be 'mean' or 'lcb'")
         require(self.lcb_kappa >= 0, "lcb_kappa", "must be >= 0")
         require(self.reference in ("previous", "qsa"), "reference", "must be 'previous' or 'qsa'")

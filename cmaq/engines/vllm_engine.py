@@ -55,7 +55,9 @@ class VllmEngine:
                 gpu_memory_utilization=c.gpu_memory_utilization, enforce_eager=c.enforce_eager,
                 enable_lora=True, max_lora_rank=self._max_rank, max_loras=c.max_loras,
                 tensor_parallel_size=c.tensor_parallel_size, seed=c.seed,
-                enable_chunked_prefill=c.chunked_prefill, max_num_batched_tokens=max(c.max_model_len, 8192))
+                enable_chunked_prefill=c.chunked_prefill, max_num_batched_tokens=max(c.max_model_len, 8192),
+                **({"distributed_executor_backend": c.distributed_executor_backend}
+                   if c.distributed_executor_backend else {}))
             self._prompts = PromptBuilder(self._llm.get_tokenizer(), c)
             log.info("vLLM engine ready: %s (model %s)", self.model_dir, self.model_version)
         return self._llm
