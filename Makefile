@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/pool_scale.py
 	$(BIN)/python bench/deltas.py
 	$(BIN)/python bench/stream_latency.py
+	$(BIN)/python bench/train_distributed.py
 
 REPRODUCE_DIR ?= runs/reproduce
 REPORT_DIR ?= reports

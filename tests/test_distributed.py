@@ -76,6 +76,7 @@ def test_two_processes_train_the_adapter_one_does(qsa_runs, trained_rms, rm_data
     tmp, _, one = qsa_runs
     two = json.loads((tmp / "two" / "metrics.json").read_text())
     assert one["steps"] == two["steps"] == MAX_STEPS and two["processes"] == 2 and one["processes"] == 1
+    assert (one["distributed"], two["distributed"]) == ("NO", "MULTI_CPU")
     assert two["loss_curve"] == pytest.approx(one["loss_curve"], abs=1e-4)  # reduced across the ranks
     assert _max_difference(tmp / "one" / "adapter", tmp / "two" / "adapter") <= 1e-4
 
@@ -84,7 +85,7 @@ def test_two_processes_train_the_adapter_one_does(qsa_runs, trained_rms, rm_data
     rms = trained_rms[0]
     settings = dict(qsa=str(tmp / "one" / "adapter"), rm_exp=str(rms / "exp"), rm_ctr=str(rms / "ctr"), contents=240,
                     k=4, iterations=1, lr=1e-3, batch_size=2, warmup_steps=1, temperature=1.0, seed=3,
-                    probe_contents=0)
+                    probe_contents=4, probe_k=2)
     cmaq_one = run_align(AlignConfig(out=str(tmp / "cmaq-one"), **settings), str(rm_data / "sft"))
     _ok(_torchrun([*_sets("align", settings), "train", "align", "--data", str(rm_data / "sft"), "--out",
                    str(tmp / "cmaq-two")], tmp))
@@ -96,6 +97,9 @@ def test_two_processes_train_the_adapter_one_does(qsa_runs, trained_rms, rm_data
     assert pairs[0][key].equals(pairs[1][key])
     assert (pairs[0]["ref_chosen"] - pairs[1]["ref_chosen"]).abs().max() < 1e-4
     assert _max_difference(tmp / "cmaq-one" / "adapter", tmp / "cmaq-two" / "adapter") <= 1e-4
+    # the collapse probe ran on both ranks alike and was written once
+    two_metrics = json.loads((tmp / "cmaq-two" / "metrics.json").read_text())
+    assert two_metrics["probe_qsa"]["proxy"] == pytest.approx(cmaq_one["probe_qsa"]["proxy"], abs=1e-6)
 
 
 def _written_outputs(out: Path) -> list[str]:
@@ -146,7 +150,7 @@ def test_fsdp_on_two_processes_saves_a_loadable_adapter(qsa_runs, rm_data, tiny_
     _ok(_torchrun([*_sets("sft", {**QSA, "epochs": 0.03}), "--set", "distributed.strategy='fsdp'", "train", "sft",
                    "--data", str(rm_data / "sft"), "--out", str(out)], tmp))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["steps"] >= 3
+    assert metrics["processes"] == 2 and metrics["distributed"] == "FSDP" and metrics["steps"] >= 3
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     # the full adapter, gathered from the shards: every LoRA factor whole, the B factors trained off zero
     assert all(w.shape[0] > 1 for k, w in weights.items() if "lora_A" in k)

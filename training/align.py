@@ -144,18 +144,27 @@ def select_iteration(summary: list[dict], how: str) -> int:
 
 def _cached_json(path: Path, key: dict, compute):
     """``compute()``'s JSON result, kept in ``path`` with ``key`` so that a resumed run does not redo it;
-    recomputed when the key (what the result depends on) differs from the kept one. The main process
-    computes it; every process gets it."""
-    if path.exists():
-        kept = json.loads(path.read_text())
-        if isinstance(kept, dict) and kept.get("key") == key:
-            return kept["value"]
-        log.warning("%s: computed for other settings; computing again", path)
+    recomputed when the key (what the result depends on) differs from the kept one. Every process
+    computes it (the probe is seeded: the same figures everywhere; a main-only computation would keep
+    the others waiting past the process group's timeout); the main process writes it."""
     rt = runtime()
-    value = rt.from_main(compute)
+    kept = rt.from_main(lambda: _kept_value(path, key))  # one answer for all: the main process may write it soon
+    if kept is not None:
+        return kept["value"]
+    value = compute()
     # a run killed while writing leaves no half file to resume from
     rt.write_text(path, json.dumps({"key": key, "value": value}, default=str))
     return value
+
+
+def _kept_value(path: Path, key: dict) -> dict | None:
+    if not path.exists():
+        return None
+    kept = json.loads(path.read_text())
+    if isinstance(kept, dict) and kept.get("key") == key:
+        return {"value": kept["value"]}
+    log.warning("%s: computed for other settings; computing again", path)
+    return None
 
 
 def probe_key(cfg: AlignConfig, engine_cfg: EngineConfig) -> dict:
@@ -271,7 +280,7 @@ def run_align(cfg: AlignConfig, data: str, model_cfg: ModelConfig | None = None,
                      mean_r_rejected=float(np.mean([p["r_rejected"] for p in pairs])),
                      loss_first=metrics["loss_first"], loss_last20=metrics["loss_last20"],
                      loss_curve=metrics["loss_curve"],
-                     probe=rt.from_main(lambda: probe(str(iter_dir / "adapter"), seed)))
+                     probe=probe(str(iter_dir / "adapter"), seed))
         rt.write_text(iter_dir / "summary.json", json.dumps(stats, default=str))
         rt.write_text(iter_dir / "DONE", "ok\n")
         summary.append(stats)

@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
-from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, FullyShardedDataParallelPlugin,
-                              InitProcessGroupKwargs)
+from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
+                              FullyShardedDataParallelPlugin, InitProcessGroupKwargs)
 
 from cmaq.config import DistributedConfig
 
@@ -98,11 +98,18 @@ class Runtime:
                 use_orig_params=True, cpu_ram_efficient_loading=False)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
-        return Accelerator(cpu=self.cpu, mixed_precision=precision, gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
-                           dataloader_config=DataLoaderConfiguration(split_batches=True),
-                           fsdp_plugin=plugin, kwargs_handlers=[
-                               InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=self.cfg.timeout_s)),
-                               DistributedDataParallelKwargs(find_unused_parameters=False)])
+        accelerator = Accelerator(
+            cpu=self.cpu, mixed_precision=precision, gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True), fsdp_plugin=plugin,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=self.cfg.timeout_s)),
+                             DistributedDataParallelKwargs(find_unused_parameters=False)])
+        if plugin is not None and accelerator.state.distributed_type == DistributedType.MULTI_CPU:
+            # Accelerate turns a given FSDP plugin on for GPU-like devices only; PyTorch's FSDP2 also shards
+            # over gloo on CPUs, which is how two CPU processes stand in for two GPUs here.
+            # (set in both shared states: Accelerate copies the process state into each new AcceleratorState)
+            self.state.distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+            accelerator.state.fsdp_plugin = plugin
+        return accelerator
 
     # ------------------------------------------------------------------ sharded work
 
@@ -138,6 +145,10 @@ class Runtime:
         with self.collective("broadcast"):
             dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def from_main_value(self, value: Any) -> Any:
+        """The main process's ``value`` on every rank (each computed its own)."""
+        return self.from_main(lambda: value)
 
     def barrier(self, what: str = "barrier") -> None:
         if self.world > 1:
@@ -218,6 +229,8 @@ class Runtime:
         except RankFailure:
             raise
         except RuntimeError as exc:  # gloo / NCCL report a dead peer or a timeout as RuntimeError subclasses
+            if not _collective_error(exc):
+                raise  # this rank's own failure (out of memory, a bad shape): not another rank's
             behind = self.ranks_behind(n)
             who = (f"rank(s) {', '.join(map(str, behind))} did not arrive" if behind
                    else "another rank failed")
@@ -264,6 +277,15 @@ class Runtime:
             if reached < n:
                 behind.append(r)
         return behind
+
+
+def _collective_error(exc: BaseException) -> bool:
+    """Whether an error came out of the communication layer (a peer gone, a timeout)."""
+    if isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    text = str(exc)
+    return any(mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out",
+                                          "timed out", "Broken pipe", "ProcessGroup"))
 
 
 def _remove(path: Path) -> None:

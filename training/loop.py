@@ -170,8 +170,9 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     ``cfg.validate_every`` steps (0: once per epoch) when given. With ``cfg.patience`` > 0 training
     stops after that many validations without improvement; either way the weights of the lowest
     validation loss are the ones kept.
-    save(state_dict) -> writes the trained weights; called on every process at the end with the full
-    state dict under FSDP (whose own parameters are shards) and None otherwise.
+    save(state_dict) -> writes the trained weights (the main process writes); called on every process at
+    the end with None, or under FSDP (whose parameters are shards) with the trainable weights gathered
+    whole on the main process ({} on the others).
     """
     rt = runtime()
     if validate is not None and rt.fsdp:
@@ -249,7 +250,10 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
         if validate is not None and (done % every == 0 or done == len(plan)):
             wrapped.eval()
             with acc.autocast():
-                stop = progress.early.record(done, float(validate()), model)
+                # the main process's loss decides for all: ranks that disagreed by a rounding error
+                # would stop at different steps and wait on each other
+                loss_value = rt.from_main_value(float(validate()))
+            stop = progress.early.record(done, loss_value, model)
             wrapped.train()
             if acc.is_main_process:
                 log.info("%s: step %d validation loss %.5f (best %.5f at step %s)", describe, done,
@@ -266,6 +270,7 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
     curve = progress.curve
     metrics = {"steps": len(plan), "steps_run": stopped_at or len(plan), "resumed_at": start,
                "train_seconds": round(time.perf_counter() - t0, 1), "processes": rt.world,
+               "distributed": str(acc.distributed_type.value),
                "examples": n_examples, "loss_first": curve[0] if curve else None,
                "loss_last20": round(sum(curve[-20:]) / max(1, len(curve[-20:])), 5), "loss_curve": curve}
     if validate is not None:
@@ -274,7 +279,7 @@ def train(model, n_examples: int, step_loss: Callable[[list[int]], "object"], cf
                        best_step=early.best_step, stopped_early_at=stopped_at)
     if save is not None:
         # FSDP: the full weights, gathered by every rank (a collective); DDP and one process: the model's own
-        full = acc.get_state_dict(wrapped) if rt.fsdp else None
+        full = _trainable_full_state(wrapped) if rt.fsdp else None
         save(None if full is None else {k.removeprefix("model."): v for k, v in full.items()})
     metrics.update(evaluate())
     rt.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
@@ -292,9 +297,20 @@ def _only_trainable(names: set[str]):
     return hook
 
 
+def _trainable_full_state(wrapped) -> dict:
+    """The trainable weights of an FSDP model, whole, on the main process's CPU (a collective; the frozen
+    base is neither gathered nor copied)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                   ignore_frozen_params=True))
+
+
 def _check_covers(checkpoint: Path, trainable: set[str]) -> None:
     """A checkpoint this model can resume from holds every trainable weight (loading is not strict, as
     the frozen base is left out, so a checkpoint of another model would otherwise load nothing, silently)."""
+    if not (checkpoint / "model.safetensors").exists():  # a DeepSpeed checkpoint (untested): its own format
+        return
     with safe_open(str(checkpoint / "model.safetensors"), framework="pt") as f:
         missing = trainable - set(f.keys())
     if missing:

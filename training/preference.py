@@ -147,19 +147,11 @@ def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, score
     seed = iteration_seed(cfg, 1)
     items = sample_contents(rows, cfg.contents, seed)
     key = json.dumps(first_samples_key(cfg, engine_cfg), sort_keys=True)
-    if path is not None and path.exists():
-        table = pq.read_table(path)
-        if (table.schema.metadata or {}).get(b"cmaq_key", b"").decode() == key:
-            frame = table.to_pandas()
-            groups = {cid: g for cid, g in frame.groupby("content_id", sort=False)}
-            candidates = [groups[it["content_id"]]["query"].tolist() if it["content_id"] in groups else []
-                          for it in items]
-            order = [groups[it["content_id"]] for it in items if it["content_id"] in groups]
-            r_exp = np.concatenate([g["r_exp"].to_numpy() for g in order]) if order else np.zeros(0)
-            r_ctr = np.concatenate([g["r_ctr"].to_numpy() for g in order]) if order else np.zeros(0)
-            log.info("iteration 1: %d shared samples from %s", len(frame), path)
-            return items, candidates, r_exp, r_ctr
-        log.warning("%s: samples of another QSA, seed or size; drawing new ones", path)
+    # One process reads and decides for all: another run may write the shared file meanwhile, and the
+    # ranks must agree whether to sample (a collective) or not.
+    kept = runtime().from_main(lambda: _read_first_samples(path, key, items))
+    if kept is not None:
+        return (items, *kept)
     candidates, r_exp, r_ctr = scored_samples(engine_of(), scorer_of(), items, cfg, cfg.qsa, seed)
     if path is not None:
         frame = pd.DataFrame({"content_id": [it["content_id"] for it, qs in zip(items, candidates) for _ in qs],
@@ -169,6 +161,24 @@ def first_iteration_samples(cfg: AlignConfig, rows: list[dict], engine_of, score
         # several runs may share the file: written under another name, then renamed into place
         runtime().write(path, lambda tmp: pq.write_table(table, tmp))
     return items, candidates, r_exp, r_ctr
+
+
+def _read_first_samples(path: Path | None, key: str, items: list[dict]):
+    """(candidates, r_exp, r_ctr) of ``items`` from the shared file when it holds samples of ``key``, else None."""
+    if path is None or not path.exists():
+        return None
+    table = pq.read_table(path)
+    if (table.schema.metadata or {}).get(b"cmaq_key", b"").decode() != key:
+        log.warning("%s: samples of another QSA, seed or size; drawing new ones", path)
+        return None
+    frame = table.to_pandas()
+    groups = {cid: g for cid, g in frame.groupby("content_id", sort=False)}
+    candidates = [groups[it["content_id"]]["query"].tolist() if it["content_id"] in groups else [] for it in items]
+    order = [groups[it["content_id"]] for it in items if it["content_id"] in groups]
+    r_exp = np.concatenate([g["r_exp"].to_numpy() for g in order]) if order else np.zeros(0)
+    r_ctr = np.concatenate([g["r_ctr"].to_numpy() for g in order]) if order else np.zeros(0)
+    log.info("iteration 1: %d shared samples from %s", len(frame), path)
+    return candidates, r_exp, r_ctr
 
 
 def encode_pairs(tokenizer, pairs: list[dict], max_prompt_tokens: int) -> list[tuple]:

@@ -12,6 +12,7 @@ from cmaq.cli.settings import OPTION_VALUES, BadInput, Settings, config_option, 
 from cmaq.config import CmaqConfig
 from cmaq.engines import base_model_dir, make_engine
 from cmaq.world.oracle import Oracle
+from training import distributed
 from training.evaluate.gsb import export_sheet, gsb_summary, read_judgements, read_key, simulated_judgements
 from training.evaluate.offline import Evaluator, Policy, ab_provenance, load_test_items
 from training.evaluate.report import write_evaluation
@@ -200,4 +201,7 @@ def reproduce(ctx: click.Context, profile: str, stop_after: str) -> None:
     reports/reproduction.md. Finished steps are skipped, so a killed run resumes."""
     # The profile's sizes sit between the configuration file and the --set overrides: a user's --set wins.
     cfg = ctx.find_object(Settings).with_preset(PROFILES[profile], ctx.meta.get(OPTION_VALUES, {}))
+    # one process (the chain includes Spark steps and the evaluation); [distributed] still sets its precision
+    # and accumulation
+    distributed.setup(cfg.distributed)
     echo_json(Reproduction(cfg, progress=lambda m: click.echo(m, err=True)).run(stop_after))
