@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import (DataLoaderConfiguration, DistributedDataParallelKwargs, DistributedType,
                               FullyShardedDataParallelPlugin, InitProcessGroupKwargs)
 
@@ -98,6 +99,13 @@ class Runtime:
                 use_orig_params=True, cpu_ram_efficient_loading=False)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
+        fixed = AcceleratorState._shared_state.get("_mixed_precision")
+        if fixed not in (None, precision):
+            # Another Accelerator in this process (a TRL trainer, say) fixed the shared state's precision.
+            if self.world > 1:
+                raise ValueError(f"Accelerate's state in this process is already set to mixed precision {fixed!r}, "
+                                 f"not {precision!r}; set distributed.mixed_precision = {fixed!r}")
+            AcceleratorState._reset_state()  # one process: nothing distributed hangs on it; start afresh
         accelerator = Accelerator(
             cpu=self.cpu, mixed_precision=precision, gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
             dataloader_config=DataLoaderConfiguration(split_batches=True), fsdp_plugin=plugin,
