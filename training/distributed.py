@@ -26,6 +26,7 @@ import datetime
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -255,7 +256,6 @@ class Runtime:
                 log.error("fault injection: rank %d %s at step %d", self.rank, kind.split("_")[1], step)
                 if kind == "rank_exits":
                     os._exit(17)
-                import time
                 time.sleep(3600)
 
     def _store(self):

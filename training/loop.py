@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from tqdm.auto import tqdm
 
 from training.distributed import Runtime, runtime
@@ -300,8 +301,6 @@ def _only_trainable(names: set[str]):
 def _trainable_full_state(wrapped) -> dict:
     """The trainable weights of an FSDP model, whole, on the main process's CPU (a collective; the frozen
     base is neither gathered nor copied)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
                                                                    ignore_frozen_params=True))
 
@@ -324,7 +323,7 @@ def _checkpoint(acc, rt: Runtime, ckpt: Path, step: int) -> None:
     written, then the older ones removed. A run killed while writing resumes from the previous one."""
     tmp = ckpt / f".step-{step}.tmp"
     if acc.is_main_process:
-        _remove_dir(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     rt.barrier("checkpoint")
     acc.save_state(str(tmp))
     rt.barrier("checkpoint saved")
@@ -332,12 +331,8 @@ def _checkpoint(acc, rt: Runtime, ckpt: Path, step: int) -> None:
         tmp.rename(ckpt / f"step-{step}")
         for old in ckpt.glob("step-*"):
             if old.name != f"step-{step}":
-                _remove_dir(old)
+                shutil.rmtree(old, ignore_errors=True)
     rt.barrier("checkpoint renamed")
-
-
-def _remove_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def subset(rows: Sequence, limit: int) -> Sequence:
